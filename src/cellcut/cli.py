@@ -1,0 +1,141 @@
+"""The ``cellcut`` command line: a thin layer over the Python API.
+
+Each subcommand parses its arguments, calls the API and prints what it wrote. Errors of the
+:class:`~cellcut.errors.CellcutError` family are printed as one line and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cellcut._version import __version__
+from cellcut.errors import CellcutError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def _command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _add_volume_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--channel", type=int, default=None, help="channel to use in a multichannel file"
+    )
+    p.add_argument("--time", type=int, default=None, help="time point to use in a time series")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellcut",
+        description="Unsupervised 3D cell segmentation with a W-Net and a soft normalized cut.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellcut {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic nuclei volume and its ground truth")
+    p.add_argument("out", help="output image (.tif, .zarr, .ome.zarr, .h5, .npy, .nii)")
+    p.add_argument("--labels", help="where to write the ground truth (default: OUT_labels.*)")
+    p.add_argument("--shape", type=int, nargs=3, default=(64, 96, 96), metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--voxel-size", type=float, nargs=3, default=(2.0, 1.0, 1.0), metavar=("Z", "Y", "X")
+    )
+    p.add_argument("--artifacts", type=int, default=0, help="number of bright non-cell blobs")
+    p.add_argument("--dtype", choices=("float32", "uint16"), default="uint16")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("info", help="describe a volume: shape, type, voxel size, value range")
+    p.add_argument("image")
+    _add_volume_selection(p)
+    return parser
+
+
+@_command("synth")
+def _synth(args: argparse.Namespace) -> int:
+    from cellcut.io import check_output, check_voxel_size, split_location, write_volume
+    from cellcut.synthetic import make_nuclei_volume
+
+    out_path, _ = split_location(args.out)
+    labels_path = args.labels or _sibling(args.out, "_labels")
+    check_output(args.out, args.overwrite)
+    check_output(labels_path, args.overwrite)
+    vol = make_nuclei_volume(
+        args.shape,
+        seed=args.seed,
+        voxel_size=check_voxel_size(args.voxel_size),
+        n_artifacts=args.artifacts,
+        dtype=args.dtype,
+    )
+    write_volume(args.out, vol.image, voxel_size=vol.voxel_size, overwrite=args.overwrite)
+    write_volume(labels_path, vol.labels, voxel_size=vol.voxel_size, overwrite=args.overwrite)
+    print(f"image:  {out_path} {vol.image.shape} {vol.image.dtype}")
+    print(f"labels: {split_location(labels_path)[0]} ({vol.n_nuclei} nuclei)")
+    return 0
+
+
+def _sibling(location: str, tag: str) -> str:
+    path, key = split_location_str(location)
+    lower = path.lower()
+    for suffix in (".ome.zarr", ".ome.tif", ".nii.gz", ".tiff", ".tif", ".zarr", ".h5", ".npy"):
+        if lower.endswith(suffix):
+            base = path[: -len(suffix)] + tag + path[-len(suffix) :]
+            return f"{base}:{key}" if key else base
+    return path + tag
+
+
+def split_location_str(location: str) -> tuple[str, str | None]:
+    from cellcut.io import split_location
+
+    path, key = split_location(location)
+    return str(path), key
+
+
+@_command("info")
+def _info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cellcut.io import read_volume
+
+    vol = read_volume(args.image, channel=args.channel, time=args.time)
+    data = vol.data
+    vs = "unknown" if vol.voxel_size is None else " x ".join(f"{v:g}" for v in vol.voxel_size)
+    print(f"file:       {vol.source}")
+    print(f"shape:      {vol.shape} (z, y, x)")
+    print(f"dtype:      {data.dtype}")
+    print(f"voxel size: {vs} µm (z, y, x)")
+    lo, p1, med, p99, hi = np.percentile(data, [0, 1, 50, 99, 100])
+    print(f"values:     min {lo:g}, 1% {p1:g}, median {med:g}, 99% {p99:g}, max {hi:g}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cellcut`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return _COMMANDS[args.command](args)
+    except CellcutError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,877 @@
+"""Reading and writing 3D volumes.
+
+Supported: TIFF (including OME-TIFF and ImageJ hyperstacks, optionally read lazily through
+tifffile's zarr store), zarr v2/v3 arrays and groups, OME-Zarr (the full-resolution level is
+read), HDF5 (``file.h5:dataset``), NIfTI (needs the ``nifti`` extra) and ``.npy``.
+
+Every reader returns a :class:`Volume` whose data has axes (z, y, x). A channel or time axis of
+length > 1 is never dropped silently: the caller picks one with ``channel=`` / ``time=`` and gets
+a :class:`~cellcut.errors.VolumeError` naming the choices otherwise. Voxel sizes are returned in
+micrometres where the file says so (OME metadata, ImageJ tags, NIfTI header, OME-Zarr scale).
+
+Writes are atomic: data goes to a temporary file next to the target, which is renamed into
+place only once complete, so a crash never leaves a half-written output. An existing output is
+kept unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellcut.errors import InputFileError, OutputError, VolumeError
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIXES = (".zarr",)
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NPY_SUFFIXES = (".npy",)
+FORMATS = ("tiff", "zarr", "ome-zarr", "hdf5", "nifti", "npy")
+
+_UNIT_TO_UM = {
+    "micron": 1.0,
+    "microns": 1.0,
+    "um": 1.0,
+    "µm": 1.0,
+    "\u03bcm": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "m": 1e6,
+    "meter": 1e6,
+}
+
+
+@dataclass
+class Volume:
+    """A single-channel 3D volume.
+
+    Attributes
+    ----------
+    data
+        Array with axes (z, y, x): a numpy array, or for lazy reads an array-like that supports
+        ``shape``, ``dtype``, ``ndim`` and slicing (read on access).
+    voxel_size
+        (z, y, x) voxel size in micrometres, or None where the file does not say.
+    source
+        Where the data came from, for messages.
+    """
+
+    data: Any
+    voxel_size: tuple[float, float, float] | None
+    source: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    def numpy(self) -> np.ndarray:
+        """The whole volume in memory."""
+        return np.asarray(self.data[...])
+
+
+# --------------------------------------------------------------------------------------------
+# Locations and formats
+
+
+def split_location(location: str | os.PathLike) -> tuple[Path, str | None]:
+    """Split ``file.h5:dataset`` (or ``store.zarr:path/in/group``) into path and key.
+
+    A colon counts as separator only after a known HDF5 or zarr suffix, so Windows drive
+    letters and colons inside directory names are left alone.
+    """
+    text = os.fspath(location)
+    match = re.match(r"^(.*?\.(?:h5|hdf5|hdf|zarr))[:](.+)$", text, flags=re.IGNORECASE)
+    if match and not text.lower().endswith((".h5", ".hdf5", ".hdf", ".zarr")):
+        return Path(match.group(1)), match.group(2).strip("/")
+    return Path(text), None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Name the format of ``path`` from its suffix (and, for folders, zarr's metadata files)."""
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(".ome.zarr"):
+        return "ome-zarr"
+    if name.endswith(ZARR_SUFFIXES) or (
+        p.is_dir() and any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+    ):
+        return "zarr"
+    if name.endswith(HDF5_SUFFIXES):
+        return "hdf5"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(NPY_SUFFIXES):
+        return "npy"
+    raise InputFileError(
+        "unknown format",
+        f"'{p.suffix or p.name}' is not a volume format cellcut reads",
+        "use .tif/.tiff, .zarr/.ome.zarr, .h5:dataset, .nii/.nii.gz or .npy",
+        file=path,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_volume(
+    location: str | os.PathLike,
+    *,
+    channel: int | None = None,
+    time: int | None = None,
+    lazy: bool = False,
+    validate: bool = True,
+) -> Volume:
+    """Read a 3D volume from a file.
+
+    Parameters
+    ----------
+    location
+        Path to the file; HDF5 needs ``file.h5:dataset``; a zarr group may be given as
+        ``store.zarr:array_path`` (OME-Zarr groups are resolved to their full-resolution level).
+    channel, time
+        Index to take along a channel or time axis of length > 1. Required when such an axis
+        exists, an error otherwise.
+    lazy
+        Keep the data on disk (memory map, zarr or tifffile's zarr store) and read on access.
+    validate
+        Check the values (finite, not constant). Skipped for lazy reads, whose values are
+        checked block by block by the code that reads them.
+
+    Returns
+    -------
+    Volume
+        Data with axes (z, y, x) and the voxel size where the file records it.
+
+    Raises
+    ------
+    InputFileError
+        Missing, unreadable, corrupt or unknown file; missing HDF5 dataset (the message lists
+        those present).
+    VolumeError
+        Not 3D, an unselected channel/time axis, an empty axis, an unsupported dtype, or (with
+        ``validate``) NaN/Inf or constant values.
+    """
+    path, key = split_location(location)
+    source = os.fspath(location)
+    if not path.exists():
+        raise InputFileError(
+            "cannot read volume",
+            "the file does not exist",
+            "check the path (relative paths start from the current folder)",
+            file=source,
+        )
+    fmt = detect_format(path)
+    readers = {
+        "tiff": _read_tiff,
+        "zarr": _read_zarr,
+        "ome-zarr": _read_zarr,
+        "hdf5": _read_hdf5,
+        "nifti": _read_nifti,
+        "npy": _read_npy,
+    }
+    data, axes, voxel_size = readers[fmt](path, key, lazy, source)
+    data = select_3d(data, axes, channel=channel, time=time, source=source)
+    check_volume_array(data, source)
+    if not lazy:
+        data = np.asarray(data[...])
+        if validate:
+            check_volume_values(data, source)
+    return Volume(data=data, voxel_size=voxel_size, source=source)
+
+
+def _read_tiff(path: Path, key: str | None, lazy: bool, source: str):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputFileError(
+                    "cannot read volume", "the TIFF holds no image", "check the file", file=source
+                )
+            series = tif.series[0]
+            axes = series.axes.upper()
+            voxel_size = _tiff_voxel_size(tif)
+            if not lazy:
+                data = series.asarray()
+        if lazy:
+            import zarr
+
+            store = tifffile.imread(path, aszarr=True, series=0, level=0)
+            data = zarr.open(store, mode="r")
+            if not hasattr(data, "shape"):  # a pyramid: a group of levels
+                data = data[next(iter(sorted(data.array_keys())))]
+    except InputFileError:
+        raise
+    except (tifffile.TiffFileError, ValueError, struct.error, OSError, KeyError, IndexError) as e:
+        raise InputFileError(
+            "cannot read volume",
+            f"the TIFF is truncated or corrupt ({type(e).__name__}: {e})",
+            "re-export or re-copy the file",
+            file=source,
+        ) from e
+    if data.ndim == 3 and axes[-2:] == "YX" and not set(axes[:-2]) & set("CST"):
+        axes = "ZYX"  # a plain page stack (tifffile says I or Q for its first axis)
+    return data, axes, voxel_size
+
+
+def _tiff_voxel_size(tif) -> tuple[float, float, float] | None:
+    """Voxel size in µm from OME-XML, else from ImageJ spacing + resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+            pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+            sizes = []
+            for ax in "ZYX":
+                value = pixels.get(f"PhysicalSize{ax}")
+                unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
+                if value is None or unit.lower() not in _UNIT_TO_UM:
+                    sizes = []
+                    break
+                sizes.append(float(value) * _UNIT_TO_UM[unit.lower()])
+            if sizes:
+                return tuple(sizes)  # type: ignore[return-value]
+        except (ET.ParseError, StopIteration, ValueError):
+            pass
+    meta = tif.imagej_metadata
+    if meta and "spacing" in meta:
+        unit = str(meta.get("unit", "micron")).lower().replace("\\u00b5", "µ")
+        factor = _UNIT_TO_UM.get(unit)
+        page = tif.pages[0]
+        tags = page.tags
+        if factor is None or "XResolution" not in tags or "YResolution" not in tags:
+            return None
+        xres = tags["XResolution"].value
+        yres = tags["YResolution"].value
+        if not xres[0] or not yres[0]:
+            return None
+        x = xres[1] / xres[0]
+        y = yres[1] / yres[0]
+        return (float(meta["spacing"]) * factor, y * factor, x * factor)
+    return None
+
+
+def _read_zarr(path: Path, key: str | None, lazy: bool, source: str):
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as e:  # zarr raises several unrelated types for a broken store
+        raise InputFileError(
+            "cannot read volume",
+            f"not a readable zarr store ({type(e).__name__}: {e})",
+            "check that the folder is a complete zarr array or group",
+            file=source,
+        ) from e
+    axes = None
+    voxel_size = None
+    if key is not None:
+        try:
+            node = node[key]
+        except KeyError:
+            raise _missing_key_error(source, key, _zarr_arrays(node)) from None
+    if not hasattr(node, "shape"):
+        multiscales = _ome_multiscales(dict(node.attrs))
+        if multiscales:
+            ms = multiscales[0]
+            level = ms["datasets"][0]
+            axes = (
+                "".join(
+                    (a["name"] if isinstance(a, dict) else a)[0].upper() for a in ms.get("axes", [])
+                )
+                or None
+            )
+            voxel_size = _ome_zarr_voxel_size(ms, level)
+            node = node[level["path"]]
+        else:
+            arrays = _zarr_arrays(node)
+            if len(arrays) != 1:
+                raise _missing_key_error(source, None, arrays)
+            node = node[arrays[0]]
+    attrs = dict(node.attrs)
+    if voxel_size is None:
+        voxel_size = _attrs_voxel_size(attrs)
+    return node, axes, voxel_size
+
+
+def _ome_multiscales(attrs: dict) -> list | None:
+    if "multiscales" in attrs:  # OME-Zarr 0.4
+        return attrs["multiscales"]
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:  # OME-Zarr 0.5
+        return ome["multiscales"]
+    return None
+
+
+def _ome_zarr_voxel_size(ms: dict, level: dict) -> tuple[float, float, float] | None:
+    scale = None
+    for transform in level.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = transform["scale"]
+    axes = ms.get("axes", [])
+    if scale is None or len(scale) != len(axes):
+        return None
+    named = {}
+    for ax, s in zip(axes, scale, strict=True):
+        if isinstance(ax, dict):
+            factor = _UNIT_TO_UM.get(str(ax.get("unit", "micrometer")).lower())
+            if factor is None:
+                return None
+            named[ax["name"].lower()] = float(s) * factor
+        else:
+            named[str(ax).lower()] = float(s)
+    if not all(a in named for a in "zyx"):
+        return None
+    return (named["z"], named["y"], named["x"])
+
+
+def _attrs_voxel_size(attrs: dict) -> tuple[float, float, float] | None:
+    for name in ("voxel_size_um", "voxel_size", "element_size_um"):
+        value = attrs.get(name)
+        if value is not None and len(value) == 3:
+            return tuple(float(v) for v in value)  # type: ignore[return-value]
+    return None
+
+
+def _zarr_arrays(group) -> list[str]:
+    names: list[str] = []
+
+    def visit(g, prefix: str) -> None:
+        for name, child in g.members():
+            full = f"{prefix}{name}"
+            if hasattr(child, "shape"):
+                names.append(full)
+            else:
+                visit(child, full + "/")
+
+    visit(group, "")
+    return sorted(names)
+
+
+def _missing_key_error(source: str, key: str | None, names: Sequence[str]) -> InputFileError:
+    listing = ", ".join(names) if names else "none"
+    if key is None:
+        why = f"the file holds several datasets or none (datasets: {listing})"
+    else:
+        why = f"there is no dataset '{key}' (datasets: {listing})"
+    return InputFileError(
+        "cannot read volume", why, "name one as FILE:DATASET, e.g. image.h5:raw", file=source
+    )
+
+
+def _read_hdf5(path: Path, key: str | None, lazy: bool, source: str):
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise InputFileError(
+            "cannot read volume",
+            f"not a readable HDF5 file ({e})",
+            "check that the file is complete",
+            file=source,
+        ) from e
+    names: list[str] = []
+    f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+    if key is None:
+        if len(names) != 1:
+            f.close()
+            raise _missing_key_error(source, None, names)
+        key = names[0]
+    if key not in f or not isinstance(f[key], h5py.Dataset):
+        f.close()
+        raise _missing_key_error(source, key, names)
+    dset = f[key]
+    voxel_size = _attrs_voxel_size(dict(dset.attrs))
+    if lazy:
+        return dset, None, voxel_size  # the open file lives as long as the dataset
+    data = dset[...]
+    f.close()
+    return data, None, voxel_size
+
+
+def _read_nifti(path: Path, key: str | None, lazy: bool, source: str):
+    try:
+        import nibabel as nib
+    except ImportError as e:
+        raise InputFileError(
+            "cannot read volume",
+            "NIfTI support is an optional extra",
+            "install it with: pip install 'cellcut[nifti]'",
+            file=source,
+        ) from e
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj) if not lazy else img.dataobj
+    except Exception as e:
+        raise InputFileError(
+            "cannot read volume", f"not a readable NIfTI file ({e})", "check the file", file=source
+        ) from e
+    zooms = img.header.get_zooms()
+    unit = img.header.get_xyzt_units()[0]
+    factor = _UNIT_TO_UM.get(str(unit).lower())
+    voxel_size = None
+    if factor is not None and len(zooms) >= 3:
+        voxel_size = (zooms[2] * factor, zooms[1] * factor, zooms[0] * factor)
+        voxel_size = tuple(float(v) for v in voxel_size)
+    arr = np.asarray(data) if not lazy else np.asanyarray(img.dataobj)
+    if arr.ndim < 3:
+        return arr, None, voxel_size
+    # NIfTI stores (x, y, z[, t, ...]); cellcut works in (z, y, x)
+    arr = np.moveaxis(arr, (0, 1, 2), (arr.ndim - 1, arr.ndim - 2, arr.ndim - 3))
+    axes = "".join("TC"[: arr.ndim - 3][::-1]) + "ZYX" if arr.ndim <= 5 else None
+    return arr, axes, voxel_size
+
+
+def _read_npy(path: Path, key: str | None, lazy: bool, source: str):
+    try:
+        data = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputFileError(
+            "cannot read volume",
+            f"not a readable .npy file ({e})",
+            "check that the file is complete",
+            file=source,
+        ) from e
+    return data, None, None
+
+
+class _AxisSelection:
+    """A lazy view of an on-disk array with some leading/inner axes fixed to one index."""
+
+    def __init__(self, base: Any, fixed: dict[int, int]) -> None:
+        self.base = base
+        self.fixed = fixed
+        self.shape = tuple(s for i, s in enumerate(base.shape) if i not in fixed)
+        self.dtype = np.dtype(base.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if index is Ellipsis:
+            index = (slice(None),) * self.ndim
+        if not isinstance(index, tuple):
+            index = (index,)
+        index = index + (slice(None),) * (self.ndim - len(index))
+        it = iter(index)
+        full = tuple(
+            self.fixed[i] if i in self.fixed else next(it) for i in range(len(self.base.shape))
+        )
+        return np.asarray(self.base[full])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[...]
+        return out.astype(dtype) if dtype is not None else out
+
+
+def select_3d(
+    data: Any,
+    axes: str | None,
+    *,
+    channel: int | None = None,
+    time: int | None = None,
+    source: str = "input",
+) -> Any:
+    """Reduce an array to (z, y, x), taking the requested channel and time point.
+
+    Axes of length 1 are squeezed. With no axis names, a 4D array is read as (c, z, y, x) and
+    a 5D one as (t, c, z, y, x), the OME order.
+    """
+    shape = tuple(int(s) for s in data.shape)
+    if axes is None or len(axes) != len(shape):
+        axes = {4: "CZYX", 5: "TCZYX"}.get(len(shape), "ZYX"[-len(shape) :] if shape else "")
+        if len(shape) > 5:
+            raise VolumeError(
+                "not a 3D volume",
+                f"{len(shape)}D data with shape {shape} and no axis names",
+                "save it as a 3D (z, y, x) volume",
+                file=source,
+            )
+    spatial = [i for i, a in enumerate(axes) if a in "ZYX"]
+    other = [i for i in range(len(shape)) if i not in spatial]
+    fixed: dict[int, int] = {}
+    used_channel = used_time = False
+    for i in other:
+        kind = "time" if axes[i] == "T" else "channel"
+        choice = time if kind == "time" else channel
+        if shape[i] == 1 and choice in (None, 0):
+            fixed[i] = 0
+            continue
+        if choice is None:
+            flag = "--time" if kind == "time" else "--channel"
+            raise VolumeError(
+                "ambiguous volume",
+                f"{len(shape)}D image with axes {axes} and shape {shape} has a {kind} axis of "
+                f"length {shape[i]}",
+                f"choose one with {flag} N (N from 0 to {shape[i] - 1})",
+                file=source,
+            )
+        if not 0 <= choice < shape[i]:
+            raise VolumeError(
+                "invalid selection",
+                f"{kind} {choice} is out of range for an axis of length {shape[i]}",
+                f"choose a {kind} from 0 to {shape[i] - 1}",
+                file=source,
+            )
+        fixed[i] = choice
+        used_channel |= kind == "channel"
+        used_time |= kind == "time"
+    for name, value, used in (("channel", channel, used_channel), ("time", time, used_time)):
+        if value not in (None, 0) and not used:
+            raise VolumeError(
+                "invalid selection",
+                f"--{name} {value} was given but the image has no {name} axis "
+                f"(axes {axes}, shape {shape})",
+                f"drop --{name}",
+                file=source,
+            )
+    spatial_axes = "".join(axes[i] for i in spatial)
+    if len(spatial) < 3:
+        raise VolumeError(
+            "not a 3D volume",
+            f"the image is {len(spatial)}D (axes {axes}, shape {shape})",
+            "cellcut segments 3D stacks (z, y, x); give a z-stack",
+            file=source,
+        )
+    if spatial_axes != "ZYX":
+        raise VolumeError(
+            "not a 3D volume",
+            f"unexpected spatial axes {spatial_axes} (axes {axes}, shape {shape})",
+            "save it with axes (z, y, x)",
+            file=source,
+        )
+    if not fixed:
+        return data
+    if isinstance(data, np.ndarray):
+        index = tuple(fixed.get(i, slice(None)) for i in range(len(shape)))
+        return data[index]
+    return _AxisSelection(data, fixed)
+
+
+def check_volume_array(data: Any, source: str = "input") -> None:
+    """Check rank, size and dtype of a (z, y, x) array; raise VolumeError otherwise."""
+    shape = tuple(int(s) for s in data.shape)
+    if len(shape) != 3:
+        raise VolumeError(
+            "not a 3D volume",
+            f"the image is {len(shape)}D with shape {shape}",
+            "cellcut segments 3D stacks (z, y, x); give a z-stack",
+            file=source,
+        )
+    if min(shape) == 0:
+        raise VolumeError(
+            "empty volume",
+            f"shape {shape} has an axis of length 0",
+            "check the file and the channel/time choice",
+            file=source,
+        )
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in "uif":
+        raise VolumeError(
+            "unsupported data type",
+            f"{dtype} cannot be segmented",
+            "convert the image to an integer or floating-point type",
+            file=source,
+        )
+
+
+def check_volume_values(data: np.ndarray, source: str = "input") -> None:
+    """Check that an in-memory volume is finite and not constant; raise VolumeError otherwise."""
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            n_nan = int(np.isnan(data).sum())
+            n_inf = int(data.size - finite.sum() - n_nan)
+            if n_nan == data.size:
+                why = "all values are NaN"
+            else:
+                why = f"{n_nan} NaN and {n_inf} infinite values among {data.size} voxels"
+            raise VolumeError(
+                "invalid values",
+                why,
+                "replace them (e.g. by the background value) before segmenting",
+                file=source,
+            )
+    lo, hi = data.min(), data.max()
+    if lo == hi:
+        raise VolumeError(
+            "constant image",
+            f"every voxel has the value {lo.item()}",
+            "there is nothing to segment: check the file and the channel",
+            file=source,
+        )
+
+
+def as_volume(image: Any, voxel_size: Sequence[float] | None = None) -> Volume:
+    """Accept a path, a :class:`Volume` or an array from the Python API and return a Volume."""
+    if isinstance(image, Volume):
+        vol = image
+    elif isinstance(image, (str, os.PathLike)):
+        vol = read_volume(image)
+    else:
+        arr = np.asarray(image)
+        check_volume_array(arr, "array")
+        check_volume_values(arr, "array")
+        vol = Volume(data=arr, voxel_size=None, source="array")
+    if voxel_size is not None:
+        vol = Volume(vol.data, check_voxel_size(voxel_size), vol.source)
+    return vol
+
+
+def check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
+    """Validate a (z, y, x) voxel size: three positive finite numbers."""
+    values = tuple(float(v) for v in voxel_size)
+    if len(values) != 3:
+        raise VolumeError(
+            "invalid voxel size",
+            f"{len(values)} values given",
+            "give three: Z Y X (micrometres)",
+        )
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise VolumeError(
+            "invalid voxel size",
+            f"{values} has a value that is not a positive number",
+            "give three positive sizes: Z Y X (micrometres)",
+        )
+    return values  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check before any work that ``path`` can be written; create missing parent folders.
+
+    Raises
+    ------
+    OutputError
+        The output exists (and ``overwrite`` is False), or its folder cannot be created or
+        written.
+    """
+    target, _ = split_location(path)
+    if target.exists() and not overwrite:
+        raise OutputError(
+            "output exists",
+            "cellcut does not overwrite outputs by default",
+            "pass --overwrite (overwrite=True) or choose another path",
+            file=target,
+        )
+    parent = target.parent if str(target.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(
+            "cannot write output",
+            f"its folder cannot be created ({e.strerror or e})",
+            "choose a path in a folder you can write to",
+            file=target,
+        ) from e
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(
+            "cannot write output",
+            f"the folder {parent} is not writable",
+            "choose a path in a folder you can write to",
+            file=target,
+        )
+    return target
+
+
+def _temp_sibling(target: Path) -> Path:
+    name = target.name
+    lower = name.lower()
+    suffix = next(
+        (s for s in (".ome.zarr", ".ome.tif", ".ome.tiff", ".nii.gz") if lower.endswith(s)),
+        target.suffix,
+    )
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    return target.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Move a finished temporary output into place (folders: old one removed after)."""
+    if tmp.is_dir():
+        trash = None
+        if target.exists():
+            trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, trash)
+        os.replace(tmp, target)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    else:
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+
+
+def write_volume(
+    location: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    voxel_size: Sequence[float] | None = None,
+    overwrite: bool = False,
+    chunks: Sequence[int] | None = None,
+    compress: bool = True,
+) -> Path:
+    """Write a (z, y, x) array atomically; the format follows the suffix.
+
+    Parameters
+    ----------
+    location
+        Output path: ``.tif`` (OME-TIFF), ``.zarr`` (zarr v3 array), ``.ome.zarr`` (OME-Zarr 0.4,
+        zarr v2), ``.h5[:dataset]`` (default dataset ``data``), ``.nii[.gz]`` or ``.npy``.
+    data
+        The volume.
+    voxel_size
+        (z, y, x) in micrometres, stored where the format allows.
+    overwrite
+        Replace an existing output.
+    chunks
+        Chunk shape for zarr/HDF5 (default: up to 64 per axis).
+    compress
+        Compress losslessly where the format allows (zlib/zstd/gzip).
+
+    Returns
+    -------
+    Path
+        The written file or folder.
+    """
+    data = np.asarray(data)
+    check_volume_array(data, os.fspath(location))
+    target = check_output(location, overwrite)
+    _, key = split_location(location)
+    vs = check_voxel_size(voxel_size) if voxel_size is not None else None
+    fmt = detect_format(target)
+    tmp = _temp_sibling(target)
+    chunk_shape = tuple(chunks) if chunks else tuple(min(64, s) for s in data.shape)
+    try:
+        if fmt == "tiff":
+            _write_tiff(tmp, data, vs, compress)
+        elif fmt in ("zarr", "ome-zarr"):
+            _write_zarr(tmp, data, vs, chunk_shape, ome=fmt == "ome-zarr")
+        elif fmt == "hdf5":
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                dset = f.create_dataset(
+                    key or "data",
+                    data=data,
+                    chunks=chunk_shape,
+                    compression="gzip" if compress else None,
+                )
+                if vs:
+                    dset.attrs["element_size_um"] = vs
+        elif fmt == "nifti":
+            _write_nifti(tmp, data, vs)
+        else:
+            with open(tmp, "wb") as fh:
+                np.save(fh, data)
+        _commit(tmp, target)
+    except OSError as e:
+        raise OutputError(
+            "cannot write output",
+            str(e.strerror or e),
+            "check free space and permissions",
+            file=target,
+        ) from e
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def _write_tiff(path: Path, data: np.ndarray, vs, compress: bool) -> None:
+    import tifffile
+
+    metadata: dict[str, Any] = {"axes": "ZYX"}
+    if vs:
+        for ax, size in zip("ZYX", vs, strict=True):
+            metadata[f"PhysicalSize{ax}"] = size
+            metadata[f"PhysicalSize{ax}Unit"] = "µm"
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata=metadata,
+        compression="zlib" if compress else None,
+        bigtiff=data.nbytes > 2**31,
+    )
+
+
+def _write_zarr(path: Path, data: np.ndarray, vs, chunks, ome: bool) -> None:
+    import zarr
+
+    if ome:
+        root = zarr.open_group(str(path), mode="w", zarr_format=2)
+        arr = root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)
+        arr[...] = data
+        scale = list(vs) if vs else [1.0, 1.0, 1.0]
+        unit = {"unit": "micrometer"} if vs else {}
+        root.attrs["multiscales"] = [
+            {
+                "version": "0.4",
+                "axes": [{"name": a, "type": "space", **unit} for a in "zyx"],
+                "datasets": [
+                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+                ],
+            }
+        ]
+    else:
+        arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=chunks)
+        arr[...] = data
+        if vs:
+            arr.attrs["voxel_size_um"] = list(vs)
+
+
+def _write_nifti(path: Path, data: np.ndarray, vs) -> None:
+    try:
+        import nibabel as nib
+    except ImportError as e:
+        raise OutputError(
+            "cannot write output",
+            "NIfTI support is an optional extra",
+            "install it with: pip install 'cellcut[nifti]'",
+            file=path,
+        ) from e
+    zooms = vs or (1.0, 1.0, 1.0)
+    affine = np.diag([zooms[2], zooms[1], zooms[0], 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), affine)
+    img.header.set_xyzt_units("micron" if vs else "unknown")
+    nib.save(img, str(path))
+
+
+def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = True) -> Path:
+    """Write JSON atomically (used for run records and metric reports)."""
+    target = check_output(path, overwrite)
+    tmp = _temp_sibling(target)
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    _commit(tmp, target)
+    return target
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return os.fspath(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
