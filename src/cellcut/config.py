@@ -1,0 +1,274 @@
+"""Versioned, validated configuration of a training run.
+
+A :class:`TrainConfig` holds every setting of a run, grouped as model, loss, data,
+augmentation, optimizer, schedule, stop and logging. It is validated when built (an invalid
+value fails with the field's dotted name and the allowed range, before any work starts), loads
+from YAML or TOML, takes ``key.sub=value`` overrides from the command line, and is written next
+to every run so that the run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cellcut.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The W-Net's architecture (see :class:`cellcut.model.WNetArchitecture`)."""
+
+    preset: Literal["compact", "cellseg3d"] = "compact"
+    n_classes: int = Field(2, ge=2, le=16, description="K, the number of soft classes")
+    base_width: int | None = Field(None, ge=1, le=256, description="default: the preset's")
+    depth: int | None = Field(None, ge=1, le=6, description="default: the preset's")
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    norm: Literal["group", "batch", "instance", "none"] | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        fields = {
+            "n_classes": self.n_classes,
+            "base_width": self.base_width,
+            "depth": self.depth,
+            "dropout": self.dropout,
+            "norm": self.norm,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+class LossConfig(_Section):
+    """Soft N-cut and reconstruction terms and their weights."""
+
+    intensity_sigma: float | Literal["auto"] = Field(
+        "auto", description="σ_I; 'auto' = suggest_intensity_sigma on the training volumes"
+    )
+    spatial_sigma: float = Field(4.0, gt=0, le=50)
+    radius: float | None = Field(None, gt=0, le=50, description="default 2.5 σ_X")
+    method: Literal["fast", "exact", "grid"] = "fast"
+    ncut_weight: float = Field(0.5, ge=0)
+    reconstruction: Literal["mse", "bce"] = "mse"
+    rec_weight: float = Field(0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _weights(self) -> LossConfig:
+        if self.ncut_weight == 0 and self.rec_weight == 0:
+            raise ValueError("ncut_weight and rec_weight cannot both be 0")
+        if isinstance(self.intensity_sigma, float) and not self.intensity_sigma > 0:
+            raise ValueError("intensity_sigma must be > 0 or 'auto'")
+        return self
+
+
+class DataConfig(_Section):
+    """Where patches come from."""
+
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = Field(1, ge=1, le=256)
+    normalization: Literal["remap", "percentile", "none"] = "remap"
+    foreground_bias: float = Field(
+        0.0, ge=0, le=1, description="share of patches centred on a bright voxel"
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of each volume (along z) held back for validation"
+    )
+    val_patches: int = Field(4, ge=0, le=1000)
+    voxel_size: tuple[float, float, float] | None = None
+    channel: int | None = None
+
+    @model_validator(mode="after")
+    def _patch(self) -> DataConfig:
+        if any(s < 8 for s in self.patch_size):
+            raise ValueError(f"patch_size must be >= 8 per axis, got {self.patch_size}")
+        if self.voxel_size is not None and any(v <= 0 for v in self.voxel_size):
+            raise ValueError(f"voxel_size must be positive, got {self.voxel_size}")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Random transforms of training patches (none of validation patches)."""
+
+    flips: bool = True
+    rotations: bool = Field(True, description="90° rotations in the (y, x) plane")
+    intensity_scale: float = Field(0.1, ge=0, le=1, description="± relative scale")
+    intensity_shift: float = Field(0.05, ge=0, le=1, description="± shift, fraction of range")
+    noise: float = Field(0.0, ge=0, le=1, description="Gaussian noise std, fraction of range")
+
+
+class OptimizerConfig(_Section):
+    """AdamW with decoupled weight decay."""
+
+    lr: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class ScheduleConfig(_Section):
+    """Learning-rate schedule."""
+
+    kind: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+
+
+class StopConfig(_Section):
+    """When training ends: the first limit reached (at least one must be set)."""
+
+    steps: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    minutes: float | None = Field(None, gt=0)
+    steps_per_epoch: int = Field(50, ge=1)
+    early_stop_on_plateau: bool = False
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> StopConfig:
+        if self.steps is None and self.epochs is None and self.minutes is None:
+            raise ValueError("set at least one of steps, epochs or minutes")
+        return self
+
+
+class LogConfig(_Section):
+    """What is written during a run."""
+
+    every: int = Field(10, ge=1, description="log and validate every N steps")
+    checkpoint_every: int = Field(100, ge=1)
+    tensorboard: bool = False
+    progress: bool = True
+    plots: bool = True
+
+
+class TrainConfig(_Section):
+    """Everything that defines a training run."""
+
+    version: Literal[1] = CONFIG_VERSION
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    stop: StopConfig = StopConfig(minutes=5.0)
+    log: LogConfig = LogConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from cellcut.io import _commit, _temp_sibling
+
+        target = Path(path)
+        tmp = _temp_sibling(target)
+        tmp.write_text(self.to_yaml())
+        _commit(tmp, target)
+        return target
+
+
+def _format_validation(e: ValidationError, source: str | None) -> ConfigError:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        parts.append(f"{loc}: {err['msg']}")
+    return ConfigError(
+        "invalid configuration",
+        "; ".join(parts),
+        "fix the value(s) named (see `cellcut train --help` and the README)",
+        file=source,
+    )
+
+
+def build_config(data: dict[str, Any] | None = None, source: str | None = None) -> TrainConfig:
+    """Validate a nested dict into a :class:`TrainConfig`; errors name the field."""
+    try:
+        return TrainConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise _format_validation(e, source) from None
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file into a :class:`TrainConfig`."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(
+            "cannot read configuration", "the file does not exist", "check the path", file=p
+        )
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(
+                "cannot read configuration",
+                f"unknown suffix '{p.suffix}'",
+                "use .yaml, .yml or .toml",
+                file=p,
+            )
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(
+            "cannot read configuration", f"not valid: {e}", "fix the syntax", file=p
+        ) from e
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "cannot read configuration",
+            "the top level is not a mapping",
+            "write key: value pairs",
+            file=p,
+        )
+    return build_config(data, os.fspath(p))
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str] | dict[str, Any]) -> TrainConfig:
+    """Return a new config with ``section.field=value`` overrides applied (values as YAML)."""
+    data = config.model_dump(mode="json")
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(
+                    "invalid override",
+                    f"'{key}' names no setting",
+                    "use SECTION.FIELD=VALUE, e.g. loss.spatial_sigma=3",
+                )
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(
+                "invalid override",
+                f"'{key}' names no setting",
+                "use SECTION.FIELD=VALUE, e.g. loss.spatial_sigma=3",
+            )
+        node[parts[-1]] = value
+    return build_config(data, "overrides")
+
+
+def _split(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(
+            "invalid override",
+            f"'{text}' has no '='",
+            "use SECTION.FIELD=VALUE, e.g. optimizer.lr=3e-4",
+        )
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value

@@ -1,0 +1,267 @@
+"""Training data: volumes on disk -> normalized tensors -> random, augmented patches.
+
+Volumes (files, folders, globs, zarr stores) are read once, normalized per volume as
+configured, and kept as float32 tensors in shared memory, so DataLoader workers (if any) see
+the same memory instead of each copying every volume. Volumes smaller than a patch are padded
+by reflection, never with zeros. A slab of each volume (the last ``val_fraction`` along its
+longest axis) is held back for validation patches.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cellcut.config import AugmentConfig, DataConfig
+from cellcut.errors import InputFileError, VolumeError
+from cellcut.io import FORMATS, detect_format, read_volume
+from cellcut.normalize import Normalization, fit_normalization
+
+
+@dataclass
+class TrainingVolume:
+    """A normalized volume with its training and validation regions."""
+
+    name: str
+    data: torch.Tensor  # (z, y, x) float32, shared memory
+    voxel_size: tuple[float, float, float] | None
+    normalization: Normalization
+    train_region: tuple[slice, slice, slice]
+    val_region: tuple[slice, slice, slice] | None
+    bright_voxels: np.ndarray  # (n, 3) candidate patch centres for foreground-biased sampling
+
+
+def _is_volume_path(p: Path) -> bool:
+    try:
+        detect_format(p)
+        return True
+    except InputFileError:
+        return False
+
+
+def find_volumes(specs: Sequence[str | os.PathLike]) -> list[str]:
+    """Expand files, folders (their volume files, sorted) and glob patterns into volume paths.
+
+    HDF5 ``file.h5:dataset`` locations are kept as given. Raises InputFileError when a spec
+    matches nothing, or when nothing at all is found.
+    """
+    found: list[str] = []
+    for spec in specs:
+        text = os.fspath(spec)
+        p = Path(text.split(":")[0] if ".h5:" in text or ".hdf5:" in text else text)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(m for m in glob.glob(text) if _is_volume_path(Path(m)))
+            if not matches:
+                raise InputFileError(
+                    "no training volumes",
+                    f"the pattern '{text}' matches no volume file",
+                    "check the pattern and the suffixes",
+                )
+            found += matches
+        elif p.is_dir() and not _is_volume_path(p):
+            matches = sorted(str(c) for c in p.iterdir() if _is_volume_path(c))
+            if not matches:
+                raise InputFileError(
+                    "no training volumes",
+                    f"the folder holds no volume file ({', '.join(FORMATS)})",
+                    "point to the files",
+                    file=p,
+                )
+            found += matches
+        else:
+            found.append(text)
+    if not found:
+        raise InputFileError(
+            "no training volumes",
+            "no image was given",
+            "pass one or more files, folders or glob patterns",
+        )
+    return found
+
+
+def _regions(shape: Sequence[int], val_fraction: float):
+    full = tuple(slice(0, s) for s in shape)
+    if val_fraction <= 0:
+        return full, None
+    axis = int(np.argmax(shape))
+    n_val = max(1, round(shape[axis] * val_fraction))
+    if shape[axis] - n_val < 1:
+        return full, None
+    train = list(full)
+    val = list(full)
+    train[axis] = slice(0, shape[axis] - n_val)
+    val[axis] = slice(shape[axis] - n_val, shape[axis])
+    return tuple(train), tuple(val)
+
+
+def load_volume(location: str, config: DataConfig) -> TrainingVolume:
+    """Read and normalize one volume for training."""
+    vol = read_volume(location, channel=config.channel)
+    data = vol.numpy()
+    norm = fit_normalization(data, config.normalization, source=location)
+    x = torch.from_numpy(norm(data)).share_memory_()
+    train, val = _regions(x.shape, config.val_fraction)
+    sub = x[train].numpy()
+    from skimage.filters import threshold_otsu
+
+    t = threshold_otsu(sub[:: max(1, sub.shape[0] // 32)])
+    coords = np.argwhere(sub > t)
+    if len(coords) > 100_000:
+        coords = coords[np.random.default_rng(0).choice(len(coords), 100_000, replace=False)]
+    voxel_size = config.voxel_size or vol.voxel_size
+    return TrainingVolume(Path(location).name, x, voxel_size, norm, train, val, coords)
+
+
+def load_volumes(specs: Sequence[str | os.PathLike], config: DataConfig) -> list[TrainingVolume]:
+    """Find, read and normalize all training volumes."""
+    return [load_volume(p, config) for p in find_volumes(specs)]
+
+
+def _crop_with_reflection(
+    x: torch.Tensor, region: tuple[slice, ...], start: Sequence[int], size: Sequence[int]
+) -> torch.Tensor:
+    """A ``size`` crop at ``start`` (relative to ``region``), reflected where it leaves it."""
+    sub = x[region]
+    idx = []
+    for s0, n, length in zip(start, size, sub.shape, strict=True):
+        i = np.arange(s0, s0 + n)
+        if length == 1:
+            i = np.zeros_like(i)
+        else:
+            period = 2 * (length - 1)
+            i = np.abs(np.mod(i, period))
+            i = np.where(i >= length, period - i, i)
+        idx.append(torch.from_numpy(i))
+    return sub[idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]]
+
+
+class PatchSampler:
+    """Draws random training patches, optionally centred on bright voxels, and augments them.
+
+    All randomness comes from one ``numpy.random.Generator`` whose state is saved in
+    checkpoints, so a resumed run draws the same patches as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[TrainingVolume],
+        patch_size: Sequence[int],
+        augment: AugmentConfig,
+        foreground_bias: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if not volumes:
+            raise VolumeError("no training volumes", "the list is empty", "give some images")
+        self.volumes = list(volumes)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.augment = augment
+        self.foreground_bias = foreground_bias
+        self.rng = np.random.default_rng(seed)
+        sizes = [float(np.prod([r.stop - r.start for r in v.train_region])) for v in volumes]
+        self.weights = np.asarray(sizes) / sum(sizes)
+
+    def _start(self, vol: TrainingVolume) -> list[int]:
+        shape = [r.stop - r.start for r in vol.train_region]
+        if (
+            self.foreground_bias > 0
+            and len(vol.bright_voxels)
+            and (self.rng.random() < self.foreground_bias)
+        ):
+            centre = vol.bright_voxels[self.rng.integers(len(vol.bright_voxels))]
+            return [int(c) - p // 2 for c, p in zip(centre, self.patch_size, strict=True)]
+        return [
+            int(self.rng.integers(0, s - p + 1))
+            if s >= p
+            else -int(self.rng.integers(0, p - s + 1))
+            for s, p in zip(shape, self.patch_size, strict=True)
+        ]
+
+    def _augment(self, patch: torch.Tensor) -> torch.Tensor:
+        a = self.augment
+        rng = self.rng
+        if a.flips:
+            dims = [d for d in range(3) if rng.random() < 0.5]
+            if dims:
+                patch = torch.flip(patch, dims)
+        if a.rotations:
+            square = patch.shape[1] == patch.shape[2]
+            k = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
+            if k:
+                patch = torch.rot90(patch, k, dims=(1, 2))
+        if a.intensity_scale or a.intensity_shift:
+            scale = 1.0 + rng.uniform(-a.intensity_scale, a.intensity_scale)
+            shift = rng.uniform(-a.intensity_shift, a.intensity_shift) * 100.0
+            patch = patch * scale + shift
+        if a.noise:
+            g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+            patch = patch + torch.randn(patch.shape, generator=g) * (a.noise * 100.0)
+        return patch.contiguous()
+
+    def patch(self) -> torch.Tensor:
+        """One augmented patch (1, z, y, x)."""
+        vol = self.volumes[int(self.rng.choice(len(self.volumes), p=self.weights))]
+        start = self._start(vol)
+        crop = _crop_with_reflection(vol.data, vol.train_region, start, self.patch_size)
+        return self._augment(crop)[None]
+
+    def batch(self, batch_size: int) -> torch.Tensor:
+        """A batch of patches (B, 1, z, y, x)."""
+        return torch.stack([self.patch() for _ in range(batch_size)])
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+class PatchDataset(torch.utils.data.IterableDataset):
+    """An endless stream of patches for ``torch.utils.data.DataLoader`` workers.
+
+    Volumes live in shared memory; each worker gets its own sampler seeded from the base seed
+    and its worker id.
+    """
+
+    def __init__(self, sampler: PatchSampler, seed: int = 0) -> None:
+        self.sampler = sampler
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        sampler = self.sampler
+        if info is not None:
+            sampler = PatchSampler(
+                sampler.volumes,
+                sampler.patch_size,
+                sampler.augment,
+                sampler.foreground_bias,
+                seed=self.seed + 1000 * info.id + 1,
+            )
+        while True:
+            yield sampler.patch()
+
+
+def validation_patches(
+    volumes: Sequence[TrainingVolume], patch_size: Sequence[int], n: int, seed: int = 1234
+) -> torch.Tensor | None:
+    """``n`` fixed patches from the held-back regions (reflected where a region is small)."""
+    pool = [v for v in volumes if v.val_region is not None]
+    if n <= 0 or not pool:
+        return None
+    rng = np.random.default_rng(seed)
+    patches = []
+    for i in range(n):
+        vol = pool[i % len(pool)]
+        shape = [r.stop - r.start for r in vol.val_region]
+        start = [
+            int(rng.integers(0, s - p + 1)) if s >= p else 0
+            for s, p in zip(shape, patch_size, strict=True)
+        ]
+        patches.append(_crop_with_reflection(vol.data, vol.val_region, start, patch_size)[None])
+    return torch.stack(patches)

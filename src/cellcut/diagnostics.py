@@ -1,0 +1,162 @@
+"""Reading the loss curves for the user: the reference plugin's troubleshooting, automated.
+
+Its documentation tells users what to do when the soft N-cut explodes (lower the learning
+rate), is unstable (the normalization does not suit the image: adjust σ_I), when the
+reconstruction is poor (BCE with weight 0.5, or an MSE weight near 1), and that training is
+good once the N-cut plateaus. :class:`LossMonitor` watches the logged values and says so
+itself; the training loop acts on an explosion (roll back, lower the learning rate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+EXPLODED = "exploded"
+UNSTABLE = "unstable"
+POOR_RECONSTRUCTION = "poor_reconstruction"
+PLATEAU = "plateau"
+
+
+@dataclass
+class Diagnosis:
+    """Something the monitor noticed: what, when, and what to do."""
+
+    kind: str
+    step: int
+    message: str
+
+
+class LossMonitor:
+    """Watches N-cut and reconstruction values logged during training.
+
+    Parameters
+    ----------
+    suggested_sigma
+        σ_I proposed by :func:`cellcut.normalize.suggest_intensity_sigma` for the data.
+    current_sigma
+        σ_I in use.
+    reconstruction
+        ``"mse"`` or ``"bce"`` (for the advice).
+    window
+        Number of logged points each trend is judged on.
+    """
+
+    def __init__(
+        self,
+        suggested_sigma: float,
+        current_sigma: float,
+        reconstruction: str = "mse",
+        window: int = 10,
+    ) -> None:
+        self.suggested_sigma = suggested_sigma
+        self.current_sigma = current_sigma
+        self.reconstruction = reconstruction
+        self.window = window
+        self.steps: list[int] = []
+        self.ncut: list[float] = []
+        self.rec_ratio: list[float] = []
+        self.rec_median: list[float] = []
+        self.said: set[str] = set()
+
+    # -- every step --------------------------------------------------------------------------
+    def check_step(
+        self, step: int, ncut: float, rec: float, grad_norm: float, lr: float
+    ) -> Diagnosis | None:
+        """An explosion: a non-finite loss or gradient, or a reconstruction loss 20x its median.
+
+        The caller rolls back to the last good state and lowers the learning rate.
+        """
+        values = {"N-cut": ncut, "reconstruction": rec, "gradient norm": grad_norm}
+        bad = [name for name, v in values.items() if not math.isfinite(v)]
+        spike = (
+            len(self.rec_median) >= 3
+            and math.isfinite(rec)
+            and rec > 20.0 * float(np.median(self.rec_median[-self.window :])) + 1e-12
+        )
+        if not bad and not spike:
+            return None
+        what = (
+            f"{', '.join(bad)} became NaN/infinite"
+            if bad
+            else (f"the reconstruction loss jumped to {rec:.3g} (20x its recent median)")
+        )
+        return Diagnosis(
+            EXPLODED,
+            step,
+            f"step {step}: the loss exploded ({what}) at learning rate {lr:.3g}; "
+            f"rolled back to the last good state and halved the learning rate",
+        )
+
+    # -- at each log point -------------------------------------------------------------------
+    def update(self, step: int, ncut: float, rec: float, rec_baseline: float) -> list[Diagnosis]:
+        """Record a logged point and return what is newly worth saying.
+
+        ``rec_baseline`` is the reconstruction loss a flat image would get on the same batch
+        (the patch's variance, for MSE), so ``rec / rec_baseline`` near 1 means the decoder
+        reproduces nothing.
+        """
+        self.steps.append(step)
+        self.ncut.append(ncut)
+        self.rec_median.append(rec)
+        self.rec_ratio.append(rec / max(rec_baseline, 1e-12))
+        out: list[Diagnosis] = []
+        w = self.window
+        if len(self.ncut) < w + 2:
+            return out
+        recent = np.asarray(self.ncut[-w:])
+        first = self.ncut[0]
+        drop = first - float(np.median(recent))
+        spread = float(np.std(np.diff(recent)))
+        slope = float(np.polyfit(np.arange(w), recent, 1)[0]) * w
+
+        unstable = spread > 0.05 or (drop < 0.02 and len(self.ncut) >= 2 * w)
+        if unstable and UNSTABLE not in self.said:
+            self.said.add(UNSTABLE)
+            why = (
+                f"it swings by {spread:.3f} between logs"
+                if spread > 0.05
+                else f"it has not decreased since the start ({first:.3f} -> {recent[-1]:.3f})"
+            )
+            out.append(
+                Diagnosis(
+                    UNSTABLE,
+                    step,
+                    f"step {step}: the N-cut loss is not converging ({why}). The normalization may "
+                    f"not suit this image: σ_I is {self.current_sigma:.3g}, the image suggests "
+                    f"{self.suggested_sigma:.3g} (--set loss.intensity_sigma="
+                    f"{self.suggested_sigma:.3g}), or try --set data.normalization=percentile",
+                )
+            )
+        ratio = float(np.median(self.rec_ratio[-w:]))
+        ncut_fine = drop >= 0.02 and spread <= 0.05
+        if ncut_fine and ratio > 0.5 and POOR_RECONSTRUCTION not in self.said:
+            self.said.add(POOR_RECONSTRUCTION)
+            advice = (
+                "switch to BCE with weight 0.5 (--set loss.reconstruction=bce loss.rec_weight=0.5)"
+                if self.reconstruction == "mse"
+                else "switch to MSE with a weight near 1 (--set loss.reconstruction=mse "
+                "loss.rec_weight=1)"
+            )
+            out.append(
+                Diagnosis(
+                    POOR_RECONSTRUCTION,
+                    step,
+                    f"step {step}: the reconstruction is poor (it explains only "
+                    f"{max(0.0, 1 - ratio):.0%} of the image's variance) while the N-cut is fine; "
+                    f"{advice}, or tune the reconstruction weight toward 1",
+                )
+            )
+        if ncut_fine and abs(slope) < 0.005 and PLATEAU not in self.said:
+            self.said.add(PLATEAU)
+            out.append(
+                Diagnosis(
+                    PLATEAU,
+                    step,
+                    f"step {step}: the N-cut loss has plateaued at {recent[-1]:.3f} (it changed by "
+                    f"{slope:+.4f} over the last {w} logs): training is good and can stop",
+                )
+            )
+        return out

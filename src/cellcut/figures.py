@@ -1,0 +1,95 @@
+"""Pictures of runs and results (matplotlib, written to PNG without a display)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    from cellcut.io import _commit, _temp_sibling
+
+    target = Path(path)
+    tmp = _temp_sibling(target)
+    fig.savefig(tmp, dpi=100, format="png")
+    _commit(tmp, target)
+    return target
+
+
+def plot_losses(history: Sequence[dict], path: str | os.PathLike) -> Path:
+    """N-cut, reconstruction, total and validation curves against the step."""
+    plt = _plt()
+    steps = [h["step"] for h in history]
+
+    def series(key):
+        return [h.get(key) if h.get(key) not in ("", None) else np.nan for h in history]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(steps, series("ncut"), label="train")
+    axes[0].plot(steps, series("val_ncut"), label="validation")
+    axes[0].set_title("soft N-cut")
+    axes[1].plot(steps, series("reconstruction"), label="train")
+    axes[1].plot(steps, series("val_reconstruction"), label="validation")
+    axes[1].set_yscale("log")
+    axes[1].set_title("reconstruction")
+    axes[2].plot(steps, series("total"), label="train total")
+    axes[2].plot(steps, series("val_total"), label="validation total")
+    axes[2].set_yscale("log")
+    if any(h.get("val_dice") not in ("", None) for h in history):
+        ax = axes[2].twinx()
+        ax.plot(steps, series("val_dice"), "g--", label="val Dice")
+        ax.plot(steps, series("val_f1"), "r--", label="val F1@0.5")
+        ax.set_ylim(0, 1)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[2].set_title("total (and validation scores)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_preview(
+    image: np.ndarray,
+    probs: np.ndarray,
+    reconstruction: np.ndarray,
+    foreground_classes: Sequence[int],
+    path: str | os.PathLike,
+) -> Path:
+    """Image, foreground probability, each soft class and the reconstruction, middle slices."""
+    plt = _plt()
+    k = probs.shape[0]
+    fg = probs[list(foreground_classes)].sum(0) if foreground_classes else probs[0]
+    panels = [("image", image, "gray"), ("cells (foreground probability)", fg, "magma")]
+    panels += [(f"class {i}", probs[i], "viridis") for i in range(k)]
+    panels.append(("reconstruction", reconstruction, "gray"))
+    z, y, x = (s // 2 for s in image.shape)
+    fig, axes = plt.subplots(3, len(panels), figsize=(2.6 * len(panels), 7.5), squeeze=False)
+    for col, (title, vol, cmap) in enumerate(panels):
+        for row, (name, sl) in enumerate([("z", vol[z]), ("y", vol[:, y]), ("x", vol[:, :, x])]):
+            ax = axes[row, col]
+            ax.imshow(sl, cmap=cmap, interpolation="nearest", aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(f"middle {name} slice", fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

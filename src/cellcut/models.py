@@ -1,0 +1,81 @@
+"""Where trained models come from: the shipped default, CELLCUT_MODELS, or a path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+
+from cellcut.errors import CheckpointError
+
+DEFAULT_NAME = "default"
+
+
+def _package_models() -> Path:
+    return Path(str(resources.files("cellcut") / "weights"))
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for named models: $CELLCUT_MODELS (os.pathsep-separated), the package."""
+    dirs = [Path(p) for p in os.environ.get("CELLCUT_MODELS", "").split(os.pathsep) if p]
+    return [*dirs, _package_models()]
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    """A model name (e.g. ``default``) or a path -> the checkpoint file, verified.
+
+    Named models are ``NAME.pt`` files with a ``NAME.sha256`` beside them; the checksum is
+    checked on every load, so an altered or truncated file is refused.
+    """
+    text = os.fspath(name_or_path)
+    p = Path(text)
+    if p.exists():
+        return p / "checkpoint.pt" if p.is_dir() else p
+    if os.sep in text or text.endswith(".pt"):
+        raise CheckpointError(
+            "cannot load model",
+            "the file does not exist",
+            "check the path, or use --model default",
+            file=text,
+        )
+    for folder in model_dirs():
+        candidate = folder / f"{text}.pt"
+        if candidate.exists():
+            _verify(candidate)
+            return candidate
+    searched = ", ".join(str(d) for d in model_dirs())
+    raise CheckpointError(
+        "cannot load model",
+        f"no model named '{text}' (searched {searched})",
+        "reinstall cellcut to restore the shipped model, or give a path",
+    )
+
+
+def _verify(path: Path) -> None:
+    expected_file = path.with_suffix(".sha256")
+    if not expected_file.exists():
+        raise CheckpointError(
+            "cannot load model",
+            "its checksum file is missing",
+            "reinstall cellcut or restore the .sha256 file",
+            file=path,
+        )
+    expected = expected_file.read_text().split()[0].strip()
+    actual = sha256(path)
+    if actual != expected:
+        raise CheckpointError(
+            "cannot load model",
+            f"its checksum {actual[:12]}… differs from {expected[:12]}…: the "
+            "file was altered or damaged",
+            "reinstall cellcut or restore the file",
+            file=path,
+        )
