@@ -1,11 +1,19 @@
 """cellcut: fully unsupervised 3D cell segmentation with a W-Net and a soft normalized cut.
 
-The core library imports no GUI toolkit. Modules, one concept each: ``io`` (volumes on disk),
+The core library imports no GUI toolkit. One concept per module: ``io`` (volumes on disk),
 ``synthetic`` (generated volumes with ground truth), ``normalize``, ``model`` (the 3D W-Net),
-``losses`` (soft N-cut, reconstruction), and the ``cellcut`` command line in ``cli``.
+``losses`` (soft N-cut, reconstruction), ``config``, ``data`` (patches), ``train`` (the loop),
+``diagnostics`` (reading the loss curves), ``checkpoint``, ``infer`` (sliding windows),
+``postprocess`` (instances), ``metrics`` (evaluation), ``figures``; the command line is ``cli``.
+
+The Python API in one place::
+
+    import cellcut
+    run = cellcut.train(["brain.tif"], "runs/brain", overrides=["stop.minutes=5"])
 """
 
 from cellcut._version import __version__
 from cellcut.errors import CellcutError
+from cellcut.train import train  # noqa: E402  (the function shadows the module, by design)
 
-__all__ = ["CellcutError", "__version__"]
+__all__ = ["CellcutError", "__version__", "train"]

@@ -54,6 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "uint16"), default="uint16")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a W-Net on unlabelled volumes",
+        description="Train a W-Net without labels. Settings come from the defaults, then "
+        "--config FILE, then the flags below, then --set SECTION.FIELD=VALUE.",
+    )
+    p.add_argument("images", nargs="*", help="volume files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, pictures)")
+    p.add_argument("--config", help="YAML or TOML file with settings")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--minutes", type=float, help="stop after this much training time")
+    limit.add_argument("--epochs", type=int, help="stop after this many epochs")
+    limit.add_argument("--steps", type=int, help="stop after this many steps")
+    p.add_argument("--from-pretrained", metavar="default|PATH", help="start from these weights")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--channel", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--val-labels", nargs="+", help="label volumes for validation Dice/F1")
+    p.add_argument("--val-images", nargs="+", help="images of --val-labels (default: IMAGES)")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="any setting, e.g. loss.spatial_sigma=3 optimizer.lr=3e-4")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("info", help="describe a volume: shape, type, voxel size, value range")
     p.add_argument("image")
     _add_volume_selection(p)
@@ -98,6 +124,62 @@ def split_location_str(location: str) -> tuple[str, str | None]:
 
     path, key = split_location(location)
     return str(path), key
+
+
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    from cellcut.config import TrainConfig, apply_overrides, load_config
+    from cellcut.errors import InputFileError
+    from cellcut.train import train
+
+    if not args.images and not args.resume:
+        raise InputFileError("no training volumes", "no image was given",
+                             "pass one or more files, folders or glob patterns")
+    config = load_config(args.config) if args.config else TrainConfig()
+    flags: dict[str, object] = {}
+    if args.minutes is not None:
+        flags.update({"stop.minutes": args.minutes, "stop.steps": None, "stop.epochs": None})
+    if args.epochs is not None:
+        flags.update({"stop.epochs": args.epochs, "stop.steps": None, "stop.minutes": None})
+    if args.steps is not None:
+        flags.update({"stop.steps": args.steps, "stop.epochs": None, "stop.minutes": None})
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    if args.voxel_size is not None:
+        flags["data.voxel_size"] = list(args.voxel_size)
+    if args.channel is not None:
+        flags["data.channel"] = args.channel
+    if args.device is not None:
+        flags["device"] = args.device
+    if args.quiet:
+        flags["log.progress"] = False
+    if flags and not args.resume:
+        config = apply_overrides(config, flags)
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides += [f"{k}={'null' if v is None else v}" for k, v in flags.items()]
+    run = train(
+        args.images,
+        args.out,
+        config,
+        val_images=args.val_images,
+        val_labels=args.val_labels,
+        from_pretrained=args.from_pretrained,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        overrides=overrides or None,
+    )
+    last = run.history[-1] if run.history else {}
+    print(f"stopped after {run.step} steps ({run.stopped_by})")
+    if last:
+        print(f"last N-cut {last['ncut']:.4f}, reconstruction {last['reconstruction']:.4g}")
+    for d in run.diagnoses:
+        print(f"note: {d.message}")
+    print(f"checkpoint: {run.checkpoint}")
+    for name in ("config.yaml", "metrics.csv", "losses.png", "preview.png", "diagnostics.txt"):
+        if (run.run_dir / name).exists():
+            print(f"{name + ':':<17} {run.run_dir / name}")
+    return 0
 
 
 @_command("info")

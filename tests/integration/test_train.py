@@ -1,0 +1,232 @@
+"""Training runs: resume equivalence, diagnostics, foreground choice, outputs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from cellcut.checkpoint import load_checkpoint, load_model
+from cellcut.config import build_config
+from cellcut.errors import CheckpointError, InputFileError, OutputError, VolumeError
+from cellcut.losses.reconstruction import ReconstructionLoss
+from cellcut.synthetic import make_nuclei_volume
+from cellcut.train import TrainCallback, choose_foreground_classes, train
+
+TINY = {
+    "model": {"base_width": 4, "depth": 2},
+    "data": {"patch_size": [16, 16, 16], "val_patches": 1},
+    "log": {"every": 2, "checkpoint_every": 4, "progress": False, "plots": False},
+    "stop": {"steps": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def volume_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vol")
+    v = make_nuclei_volume((20, 40, 40), seed=2, voxel_size=(1.5, 1, 1), radius_um=(3, 5))
+    tifffile.imwrite(folder / "img.tif", v.image)
+    tifffile.imwrite(folder / "lab.tif", v.labels)
+    return folder / "img.tif", folder / "lab.tif"
+
+
+def config(**sections):
+    data = {k: dict(v) for k, v in TINY.items()}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return build_config(data)
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_outputs_and_metrics(tmp_path, volume_file):
+    img, lab = volume_file
+    cfg = config(log={"plots": True}, stop={"steps": 6})
+    run = train([img], tmp_path / "run", cfg, val_labels=[lab])
+    assert run.step == 6 and run.stopped_by == "6 steps"
+    for name in ("checkpoint.pt", "config.yaml", "metrics.csv", "losses.png", "preview.png"):
+        assert (run.run_dir / name).exists(), name
+    rows = read_metrics(run.run_dir)
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    assert all(0 <= float(r["ncut"]) < 1 for r in rows)
+    assert all(r["val_dice"] != "" and r["val_f1"] != "" for r in rows)
+    loaded = load_model(run.run_dir)
+    assert loaded.foreground_classes == run.foreground_classes
+    assert loaded.model.n_classes == 2
+
+
+def test_resume_continues_exactly(tmp_path, volume_file):
+    img, _ = volume_file
+    full = train([img], tmp_path / "full", config(stop={"steps": 12}))
+    part = train([img], tmp_path / "part", config(stop={"steps": 4}))
+    assert part.step == 4
+    resumed = train([], tmp_path / "part", resume=True, overrides=["stop.steps=12"])
+    assert resumed.step == 12
+    a = read_metrics(tmp_path / "full")
+    b = read_metrics(tmp_path / "part")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("ncut", "reconstruction", "val_ncut"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-7), key
+    for (name, pa), pb in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
+                              strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_explosion_rolls_back_and_lowers_learning_rate(tmp_path, volume_file, monkeypatch):
+    img, _ = volume_file
+    original = ReconstructionLoss.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, output, target):
+        calls["n"] += 1
+        value = original(self, output, target)
+        # the 5th training forward (validation adds calls at log points: count only grads)
+        return value * float("nan") if calls["n"] == 7 else value
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", sometimes_nan)
+    seen = []
+
+    class Collect(TrainCallback):
+        def on_diagnosis(self, d):
+            seen.append(d)
+
+    run = train([img], tmp_path / "run", config(stop={"steps": 8}), callbacks=[Collect()])
+    assert [d.kind for d in seen] == ["exploded"]
+    assert "rolled back" in seen[0].message and "halved the learning rate" in seen[0].message
+    rows = read_metrics(run.run_dir)
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(5e-4)
+    assert all(math.isfinite(float(r["ncut"])) for r in rows)
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert (run.run_dir / "diagnostics.txt").read_text().count("exploded") == 1
+
+
+def test_unstable_ncut_is_reported_with_suggested_sigma(tmp_path, volume_file):
+    img, _ = volume_file
+    # σ_I far below the noise: every voxel looks unrelated to its neighbours, nothing to learn
+    cfg = config(loss={"intensity_sigma": 1e-3}, log={"every": 1}, stop={"steps": 24})
+    run = train([img], tmp_path / "run", cfg)
+    kinds = [d.kind for d in run.diagnoses]
+    assert "unstable" in kinds
+    message = next(d.message for d in run.diagnoses if d.kind == "unstable")
+    assert f"{run.suggested_sigma:.3g}" in message and "normalization" in message
+
+
+def test_poor_reconstruction_is_reported(tmp_path, volume_file):
+    img, _ = volume_file
+    cfg = config(loss={"rec_weight": 1e-9, "ncut_weight": 1.0},
+                 optimizer={"lr": 3e-3}, log={"every": 1}, stop={"steps": 30})
+    run = train([img], tmp_path / "run", cfg)
+    assert "poor_reconstruction" in [d.kind for d in run.diagnoses], [
+        (h["ncut"], h["rec_ratio"]) for h in run.history
+    ]
+    message = next(d.message for d in run.diagnoses if d.kind == "poor_reconstruction")
+    assert "BCE with weight 0.5" in message
+
+
+def test_plateau_is_reported_and_can_stop_training(tmp_path, volume_file):
+    img, _ = volume_file
+    cfg = config(optimizer={"lr": 3e-3}, log={"every": 1},
+                 stop={"steps": 200, "early_stop_on_plateau": True})
+    run = train([img], tmp_path / "run", cfg)
+    assert "plateau" in [d.kind for d in run.diagnoses]
+    assert run.stopped_by == "N-cut plateau" and run.step < 200
+
+
+def test_foreground_class_is_the_bright_one_after_training(tmp_path, volume_file):
+    img, lab = volume_file
+    run = train([img], tmp_path / "run", config(stop={"steps": 10}))
+    image = torch.from_numpy(tifffile.imread(img)).float()
+    labels = tifffile.imread(lab)
+    with torch.inference_mode():
+        probs = run.model.encode((image / image.max())[None, None])
+    fg = probs[0, run.foreground_classes].sum(0).numpy() > 0.5
+    assert image.numpy()[fg].mean() > image.numpy()[~fg].mean()
+    assert labels[fg].astype(bool).mean() > labels[~fg].astype(bool).mean()
+
+
+def test_choose_foreground_classes_by_brightness():
+    image = torch.tensor([0.0, 0.0, 10.0, 10.0, 11.0, 50.0]).view(1, 1, 6)
+    assign = torch.tensor([0, 0, 2, 2, 2, 1])
+    probs = torch.nn.functional.one_hot(assign, 3).T.float()[None]
+    assert choose_foreground_classes(probs, image) == [1]
+    image = torch.tensor([0.0, 1.0, 40.0, 42.0, 45.0, 50.0]).view(1, 1, 6)
+    assign = torch.tensor([0, 3, 2, 2, 1, 1])
+    probs = torch.nn.functional.one_hot(assign, 4).T.float()[None]
+    assert choose_foreground_classes(probs, image) == [1, 2]
+
+
+def test_volume_smaller_than_patch_is_reflected(tmp_path):
+    small = make_nuclei_volume((8, 12, 10), seed=0, radius_um=(2, 3))
+    tifffile.imwrite(tmp_path / "small.tif", small.image)
+    run = train([tmp_path / "small.tif"], tmp_path / "run", config(stop={"steps": 2}))
+    assert run.step == 2
+
+
+def test_bad_inputs(tmp_path, volume_file):
+    img, _ = volume_file
+    with pytest.raises(InputFileError, match="no image was given"):
+        train([], tmp_path / "a", config())
+    np.save(tmp_path / "flat.npy", np.random.default_rng(0).random((32, 32)))
+    with pytest.raises(VolumeError, match="not a 3D volume"):
+        train([tmp_path / "flat.npy"], tmp_path / "b", config())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        train([img], blocker, config())
+    with pytest.raises(OutputError, match="holds no checkpoint"):
+        train([], tmp_path / "empty", resume=True)
+
+
+def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_refused(tmp_path, volume_file):
+    img, _ = volume_file
+    run = train([img], tmp_path / "run", config(stop={"steps": 2}))
+    with pytest.raises(OutputError, match="already holds a training run"):
+        train([img], tmp_path / "run", config(stop={"steps": 2}))
+    data = run.checkpoint.read_bytes()
+    run.checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train([], tmp_path / "run", resume=True)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(run.checkpoint)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a cellcut checkpoint"):
+        load_model(other)
+
+
+def test_fine_tune_from_pretrained_path(tmp_path, volume_file):
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    tuned = train([img], tmp_path / "tuned", config(stop={"steps": 2}),
+                  from_pretrained=base.checkpoint)
+    assert tuned.model.arch == base.model.arch
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train([img], tmp_path / "x", config(), from_pretrained=tmp_path / "missing.pt")
+
+
+def test_callback_can_stop_training(tmp_path, volume_file):
+    img, _ = volume_file
+
+    class StopAt3(TrainCallback):
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, record):
+            self.logs.append(record["step"])
+
+        def stop_requested(self):
+            return len(self.logs) >= 2
+
+    cb = StopAt3()
+    run = train([img], tmp_path / "run", config(stop={"steps": 100}), callbacks=[cb])
+    assert run.stopped_by == "stop requested" and run.step == 4
+    assert load_checkpoint(run.checkpoint)["step"] == 4
