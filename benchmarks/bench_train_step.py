@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
+import harness
 
 
 def run_case(argv: list[str]) -> None:
@@ -42,7 +42,10 @@ def run_case(argv: list[str]) -> None:
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=2e-5, weight_decay=0.01)
         ncut = ref.SoftNCutsLoss(
-            data_shape=(size,) * 3, device="cpu", intensity_sigma=1.0, spatial_sigma=4.0,
+            data_shape=(size,) * 3,
+            device="cpu",
+            intensity_sigma=1.0,
+            spatial_sigma=4.0,
             radius=2,
         )
         mse = torch.nn.MSELoss()
@@ -64,9 +67,7 @@ def run_case(argv: list[str]) -> None:
         model = WNet3D(side.split()[-1])
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-        loss_fn = WNetLoss(
-            SoftNCutLoss(1.0, 4.0, radius=2), ReconstructionLoss("mse"), 0.5, 0.5
-        )
+        loss_fn = WNetLoss(SoftNCutLoss(1.0, 4.0, radius=2), ReconstructionLoss("mse"), 0.5, 0.5)
 
         def step() -> None:
             image = torch.from_numpy(normalize(raw[0, 0].numpy()))[None, None]
@@ -99,22 +100,52 @@ def main() -> None:
         for side in ("cellcut compact", "cellcut cellseg3d")
     ]
     if ref_python is not None:
-        cases.append(("reference", lambda: harness.run_subprocess_case(
-            ref_python, script, ["reference", size])))
+        cases.append(
+            (
+                "reference",
+                lambda: harness.run_subprocess_case(ref_python, script, ["reference", size]),
+            )
+        )
     raw = harness.interleave(cases, args.rounds)
     summary = {name: harness.summarise(runs) for name, runs in raw.items()}
     ref = summary.get("reference", {})
     rows = []
     for name, s in summary.items():
         speed = ref["median_s"] / s["median_s"] if "median_s" in ref and "median_s" in s else None
-        mem = (s["peak_rss_mb"] / ref["peak_rss_mb"]
-               if ref.get("peak_rss_mb") and "peak_rss_mb" in s else None)
-        rows.append([name, s.get("n_params"), s.get("median_s"), speed, s.get("peak_rss_mb"),
-                     mem, s.get("error", "")])
-    print(harness.table(rows, ["side", "parameters", "step s", "speed-up vs reference",
-                               "peak RSS MB", "memory vs reference", "error"]))
-    path = harness.write_json("train_step", {"machine": harness.machine(), "size": args.size,
-                                             "summary": summary, "raw": raw})
+        mem = (
+            s["peak_rss_mb"] / ref["peak_rss_mb"]
+            if ref.get("peak_rss_mb") and "peak_rss_mb" in s
+            else None
+        )
+        rows.append(
+            [
+                name,
+                s.get("n_params"),
+                s.get("median_s"),
+                speed,
+                s.get("peak_rss_mb"),
+                mem,
+                s.get("error", ""),
+            ]
+        )
+    print(
+        harness.table(
+            rows,
+            [
+                "side",
+                "parameters",
+                "step s",
+                "speed-up vs reference",
+                "peak RSS MB",
+                "memory vs reference",
+                "error",
+            ],
+        )
+    )
+    path = harness.write_json(
+        "train_step",
+        {"machine": harness.machine(), "size": args.size, "summary": summary, "raw": raw},
+    )
     print(f"written: {path}")
 
 

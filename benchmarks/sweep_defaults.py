@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
+import harness
 
 BASE = {
     "stop": {"minutes": 1.5},
@@ -51,12 +51,24 @@ SETTINGS: dict[str, dict] = {
     "rec1": {"loss.rec_weight": 1.0, "loss.ncut_weight": 0.5},
     "rec_low": {"loss.rec_weight": 0.1},
     "bce": {"loss.reconstruction": "bce", "loss.rec_weight": 0.5},
-    "no_augment": {"augment.flips": False, "augment.rotations": False,
-                   "augment.intensity_scale": 0.0, "augment.intensity_shift": 0.0},
+    "no_augment": {
+        "augment.flips": False,
+        "augment.rotations": False,
+        "augment.intensity_scale": 0.0,
+        "augment.intensity_shift": 0.0,
+    },
     "lr3e-4": {"optimizer.lr": 3e-4},
     "percentile": {"data.normalization": "percentile"},
     "fg_bias": {"data.foreground_bias": 0.5},
     "patch32": {"data.patch_size": [32, 64, 64]},
+    "int0.1": {"loss.intensity_weight": 0.1},
+    "int0.5": {"loss.intensity_weight": 0.5},
+    "int1": {"loss.intensity_weight": 1.0},
+    "int1_k3": {"loss.intensity_weight": 1.0, "model.n_classes": 3},
+    "int1_pct": {"loss.intensity_weight": 1.0, "data.normalization": "percentile"},
+    "int1_sx2": {"loss.intensity_weight": 1.0, "loss.spatial_sigma": 2.0},
+    "select": {"log.select_best": True, "log.every": 2},
+    "int1_select": {"loss.intensity_weight": 1.0, "log.select_best": True, "log.every": 2},
 }
 
 
@@ -103,18 +115,32 @@ def score(run, pairs, voxel_size) -> dict:
     for ip, lp in pairs:
         raw = read_volume(ip).numpy()
         img = fit_normalization(raw, run.config.data.normalization)(raw)
-        probs = sliding_window(img, lambda b: model.encode(b / scale), model.n_classes,
-                               window=run.config.data.patch_size)
+        probs = sliding_window(
+            img,
+            lambda b: model.encode(b / scale),
+            model.n_classes,
+            window=run.config.data.patch_size,
+        )
         t = torch.from_numpy(probs)[None]
         classes = choose_foreground_classes(t, torch.from_numpy(img)[None, None])
         fg = foreground_probability(t, classes)[0, 0].numpy()
         labels = instances(fg, "voronoi-otsu", voxel_size=voxel_size, probability=True)
         gt = read_volume(lp, validate=False).numpy()
         ev = evaluate(gt, labels, thresholds=(0.5,))
-        out.append({"dice": ev.dice, "f1_50": ev.f1_50, "n_pred": ev.n_pred,
-                    "n_true": ev.n_true, "fg_fraction": float((fg > 0.5).mean())})
-    return {"dice": float(np.mean([o["dice"] for o in out])),
-            "f1_50": float(np.mean([o["f1_50"] for o in out])), "volumes": out}
+        out.append(
+            {
+                "dice": ev.dice,
+                "f1_50": ev.f1_50,
+                "n_pred": ev.n_pred,
+                "n_true": ev.n_true,
+                "fg_fraction": float((fg > 0.5).mean()),
+            }
+        )
+    return {
+        "dice": float(np.mean([o["dice"] for o in out])),
+        "f1_50": float(np.mean([o["f1_50"] for o in out])),
+        "volumes": out,
+    }
 
 
 def main() -> None:
@@ -136,33 +162,56 @@ def main() -> None:
     results = {}
     for name in args.settings:
         for seed in args.seeds:
-            base = build_config({**BASE, "seed": seed,
-                                 "data": {**BASE["data"], "voxel_size": list(voxel_size)}})
-            cfg = apply_overrides(base, {**SETTINGS[name],
-                                         "stop.minutes": args.seconds / 60.0})
+            base = build_config(
+                {**BASE, "seed": seed, "data": {**BASE["data"], "voxel_size": list(voxel_size)}}
+            )
+            cfg = apply_overrides(base, {**SETTINGS[name], "stop.minutes": args.seconds / 60.0})
             t0 = time.perf_counter()
             run = train(train_paths, folder / f"{name}-{seed}", cfg)
             train_s = time.perf_counter() - t0
             s = score(run, pairs, voxel_size)
             last = run.history[-1] if run.history else {}
             results[f"{name}/{seed}"] = {
-                "setting": name, "seed": seed, "overrides": SETTINGS[name], **s,
-                "steps": run.step, "train_s": train_s, "ncut": last.get("ncut"),
-                "rec_ratio": last.get("rec_ratio"), "intensity_sigma": run.intensity_sigma,
+                "setting": name,
+                "seed": seed,
+                "overrides": SETTINGS[name],
+                **s,
+                "steps": run.step,
+                "train_s": train_s,
+                "ncut": last.get("ncut"),
+                "rec_ratio": last.get("rec_ratio"),
+                "intensity_sigma": run.intensity_sigma,
                 "foreground_classes": run.foreground_classes,
                 "diagnoses": [d.kind for d in run.diagnoses],
             }
             r = results[f"{name}/{seed}"]
-            print(f"{name:>16} seed {seed}: Dice {r['dice']:.3f} F1@0.5 {r['f1_50']:.3f} "
-                  f"steps {r['steps']} N-cut {r['ncut'] or float('nan'):.3f} "
-                  f"σ_I {r['intensity_sigma']:.3g} fg {r['foreground_classes']}", flush=True)
-    rows = [[r["setting"], r["seed"], r["dice"], r["f1_50"], r["steps"], r["ncut"],
-             ", ".join(f"{v['dice']:.2f}/{v['f1_50']:.2f}" for v in r["volumes"])]
-            for r in results.values()]
-    print(harness.table(rows, ["setting", "seed", "Dice", "F1@0.5", "steps", "N-cut",
-                               "per volume Dice/F1"]))
-    path = harness.write_json(f"sweep_{args.dataset}", {
-        "machine": harness.machine(), "seconds": args.seconds, "results": results})
+            print(
+                f"{name:>16} seed {seed}: Dice {r['dice']:.3f} F1@0.5 {r['f1_50']:.3f} "
+                f"steps {r['steps']} N-cut {r['ncut'] or float('nan'):.3f} "
+                f"σ_I {r['intensity_sigma']:.3g} fg {r['foreground_classes']}",
+                flush=True,
+            )
+    rows = [
+        [
+            r["setting"],
+            r["seed"],
+            r["dice"],
+            r["f1_50"],
+            r["steps"],
+            r["ncut"],
+            ", ".join(f"{v['dice']:.2f}/{v['f1_50']:.2f}" for v in r["volumes"]),
+        ]
+        for r in results.values()
+    ]
+    print(
+        harness.table(
+            rows, ["setting", "seed", "Dice", "F1@0.5", "steps", "N-cut", "per volume Dice/F1"]
+        )
+    )
+    path = harness.write_json(
+        f"sweep_{args.dataset}",
+        {"machine": harness.machine(), "seconds": args.seconds, "results": results},
+    )
     print(f"written: {path}")
     json.dumps(results)
 

@@ -14,6 +14,6 @@ The Python API in one place::
 
 from cellcut._version import __version__
 from cellcut.errors import CellcutError
-from cellcut.train import train  # noqa: E402  (the function shadows the module, by design)
+from cellcut.train import train
 
 __all__ = ["CellcutError", "__version__", "train"]

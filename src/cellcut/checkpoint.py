@@ -124,9 +124,18 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model = build_model(data, os.fspath(path))
     model.eval()
     config = data.get("config", {})
+    classes = list(data.get("foreground_classes") or [0])
+    if any(not 0 <= c < model.n_classes for c in classes):
+        raise CheckpointError(
+            "cannot load model",
+            f"its foreground classes {classes} do not exist in a model with "
+            f"K={model.n_classes} classes",
+            "the file was edited or mixed with another model's; retrain or re-export it",
+            file=path,
+        )
     return LoadedModel(
         model=model,
-        foreground_classes=list(data.get("foreground_classes") or [0]),
+        foreground_classes=classes,
         normalization=config.get("data", {}).get("normalization", "remap"),
         intensity_sigma=data.get("intensity_sigma"),
         input_scale=float(data.get("input_scale", 100.0)),

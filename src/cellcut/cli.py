@@ -75,10 +75,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--val-labels", nargs="+", help="label volumes for validation Dice/F1")
     p.add_argument("--val-images", nargs="+", help="images of --val-labels (default: IMAGES)")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="any setting, e.g. loss.spatial_sigma=3 optimizer.lr=3e-4")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting, e.g. loss.spatial_sigma=3 optimizer.lr=3e-4",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("segment", help="segment a volume: labels, statistics, overview picture")
+    p.add_argument("image")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="labels output (.tif, .zarr, .ome.zarr, .h5:dataset, .npy, .nii)",
+    )
+    p.add_argument("--model", default="default", help="default, a model name, or a path")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument(
+        "--instances",
+        default="voronoi-otsu",
+        choices=("voronoi-otsu", "watershed", "connected", "none"),
+    )
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--block", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--stats", help="per-cell CSV (a .summary.json goes beside it)")
+    p.add_argument("--probability", help="also write the foreground probability here")
+    p.add_argument("--overview", help="overview PNG (default: OUT's name + _overview.png)")
+    p.add_argument("--spot-sigma", type=float, default=2.0, help="Voronoi-Otsu, µm")
+    p.add_argument("--outline-sigma", type=float, default=1.0, help="Voronoi-Otsu, µm")
+    p.add_argument("--min-distance", type=float, default=2.0, help="watershed, µm")
+    p.add_argument("--min-volume", type=float, default=0.0, help="µm³ (voxels if no size)")
+    p.add_argument("--max-volume", type=float, help="µm³: larger objects are artifacts")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    _add_volume_selection(p)
+
+    p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
+    p.add_argument("truth")
+    p.add_argument("prediction")
+    p.add_argument("--json", help="write the scores here")
+    p.add_argument(
+        "--thresholds", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(1, 10)]
+    )
+    p.add_argument("--overwrite", action="store_true")
+
+    sub.add_parser("models", help="list the available trained models and their cards")
 
     p = sub.add_parser("info", help="describe a volume: shape, type, voxel size, value range")
     p.add_argument("image")
@@ -133,8 +181,11 @@ def _train(args: argparse.Namespace) -> int:
     from cellcut.train import train
 
     if not args.images and not args.resume:
-        raise InputFileError("no training volumes", "no image was given",
-                             "pass one or more files, folders or glob patterns")
+        raise InputFileError(
+            "no training volumes",
+            "no image was given",
+            "pass one or more files, folders or glob patterns",
+        )
     config = load_config(args.config) if args.config else TrainConfig()
     flags: dict[str, object] = {}
     if args.minutes is not None:
@@ -179,6 +230,108 @@ def _train(args: argparse.Namespace) -> int:
     for name in ("config.yaml", "metrics.csv", "losses.png", "preview.png", "diagnostics.txt"):
         if (run.run_dir / name).exists():
             print(f"{name + ':':<17} {run.run_dir / name}")
+    return 0
+
+
+@_command("segment")
+def _segment(args: argparse.Namespace) -> int:
+    from cellcut.segment import segment
+
+    overview = args.overview or _sibling_png(args.out, "_overview")
+    progress = None
+    if not args.quiet:
+        from tqdm.auto import tqdm
+
+        bars: dict[str, object] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar = bars.get(stage)
+            if bar is None:
+                bar = bars[stage] = tqdm(total=total, desc=stage, unit="block", leave=False)
+            bar.update(done - bar.n)
+            if done == total:
+                bar.close()
+
+    result = segment(
+        args.image,
+        args.out,
+        model=args.model,
+        voxel_size=args.voxel_size,
+        channel=args.channel,
+        instances=args.instances,
+        window=args.window,
+        overlap=args.overlap,
+        block=args.block,
+        batch_size=args.batch_size,
+        device=args.device,
+        stats=args.stats,
+        probability_out=args.probability,
+        overview=overview,
+        overwrite=args.overwrite,
+        spot_sigma=args.spot_sigma,
+        outline_sigma=args.outline_sigma,
+        min_distance=args.min_distance,
+        min_volume=args.min_volume,
+        max_volume=args.max_volume,
+        progress=progress,
+    )
+    if args.instances != "none":
+        print(f"cells:       {result.n_cells}")
+    print(f"labels:      {result.labels_path}")
+    if result.probability_path:
+        print(f"probability: {result.probability_path}")
+    if result.stats_path:
+        print(f"statistics:  {result.stats_path}")
+    print(f"overview:    {result.overview_path}")
+    return 0
+
+
+def _sibling_png(location: str, tag: str) -> str:
+    path, _ = split_location_str(location)
+    p = __import__("pathlib").Path(path)
+    name = p.name
+    for suffix in (".ome.zarr", ".ome.tif", ".nii.gz"):
+        if name.lower().endswith(suffix):
+            return str(p.with_name(name[: -len(suffix)] + tag + ".png"))
+    return str(p.with_name(p.stem + tag + ".png"))
+
+
+@_command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from cellcut.io import read_volume, write_json
+    from cellcut.metrics import evaluate
+
+    truth = read_volume(args.truth, validate=False).numpy()
+    pred = read_volume(args.prediction, validate=False).numpy()
+    if truth.shape != pred.shape:
+        from cellcut.errors import VolumeError
+
+        raise VolumeError(
+            "cannot compare",
+            f"ground truth {truth.shape} and prediction {pred.shape} differ in shape",
+            "give labels of the same volume",
+            file=args.prediction,
+        )
+    result = evaluate(truth, pred, thresholds=args.thresholds)
+    print(result.table())
+    if args.json:
+        write_json(args.json, result.to_dict(), overwrite=args.overwrite)
+        print(f"written: {args.json}")
+    return 0
+
+
+@_command("models")
+def _models(args: argparse.Namespace) -> int:
+    from cellcut.models import list_models
+
+    models = list_models()
+    if not models:
+        print("no models found")
+    for m in models:
+        print(f"{m['name']}: {m['path']} ({m['size_mb']:.1f} MB, sha256 {m['sha256'][:12]}…)")
+        if m.get("card"):
+            for line in m["card"].splitlines():
+                print(f"    {line}")
     return 0
 
 

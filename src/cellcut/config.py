@@ -64,6 +64,10 @@ class LossConfig(_Section):
     ncut_weight: float = Field(0.5, ge=0)
     reconstruction: Literal["mse", "bce"] = "mse"
     rec_weight: float = Field(0.5, ge=0)
+    intensity_weight: float = Field(
+        0.0, ge=0, description="weight of the class-intensity term (losses.intensity)"
+    )
+    intensity_momentum: float = Field(0.01, ge=0, le=1)
 
     @model_validator(mode="after")
     def _weights(self) -> LossConfig:
@@ -149,6 +153,9 @@ class LogConfig(_Section):
     tensorboard: bool = False
     progress: bool = True
     plots: bool = True
+    select_best: bool = Field(
+        False, description="keep the weights whose classes best separate brightness (val)"
+    )
 
 
 class TrainConfig(_Section):

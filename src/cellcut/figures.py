@@ -93,3 +93,60 @@ def plot_preview(
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def plot_overview(
+    image, labels, path: str | os.PathLike, block: Sequence[int] = (256, 256, 256)
+) -> Path:
+    """Maximum projections and middle slices of the image with the label outlines.
+
+    Projections are accumulated block by block, so the volume is never loaded whole.
+    """
+    import itertools
+
+    from skimage.segmentation import find_boundaries
+
+    plt = _plt()
+    shape = tuple(int(s) for s in image.shape)
+    mips = [np.full([s for i, s in enumerate(shape) if i != ax], -np.inf) for ax in range(3)]
+    lab_mips = [np.zeros([s for i, s in enumerate(shape) if i != ax], np.int64) for ax in range(3)]
+    for start in itertools.product(*[range(0, s, b) for s, b in zip(shape, block, strict=True)]):
+        sl = tuple(slice(a, min(a + b, s)) for a, b, s in zip(start, block, shape, strict=True))
+        img = np.asarray(image[sl], dtype=np.float32)
+        lab = np.asarray(labels[sl])
+        for ax in range(3):
+            keep = [sl[i] for i in range(3) if i != ax]
+            m = img.max(axis=ax)
+            current = mips[ax][tuple(keep)]
+            np.maximum(current, m, out=current)
+            lm = lab.max(axis=ax)
+            cl = lab_mips[ax][tuple(keep)]
+            np.maximum(cl, lm, out=cl)
+    index = [
+        (shape[0] // 2,),
+        (slice(None), shape[1] // 2),
+        (slice(None), slice(None), shape[2] // 2),
+    ]
+    mids = [(np.asarray(image[i], dtype=np.float32), np.asarray(labels[i])) for i in index]
+    n_cells = int(max(m.max() for m in lab_mips))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 9))
+    names = ["z (top view)", "y (front view)", "x (side view)"]
+    for ax in range(3):
+        for row, (img, lab, what) in enumerate(
+            [(mips[ax], lab_mips[ax], "max projection along"), (*mids[ax], "middle slice across")]
+        ):
+            a = axes[row, ax]
+            lo, hi = np.percentile(img, [1, 99.8])
+            a.imshow(np.clip(img, lo, hi), cmap="gray", interpolation="nearest", aspect="auto")
+            edges = find_boundaries(lab, mode="inner")
+            overlay = np.zeros((*lab.shape, 4))
+            overlay[edges] = (1.0, 0.2, 0.2, 0.9)
+            a.imshow(overlay, interpolation="nearest", aspect="auto")
+            a.set_title(f"{what} {names[ax]}", fontsize=9)
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.suptitle(f"{n_cells} cells (label outlines in red)")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out

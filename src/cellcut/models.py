@@ -79,3 +79,28 @@ def _verify(path: Path) -> None:
             "reinstall cellcut or restore the file",
             file=path,
         )
+
+
+def list_models() -> list[dict]:
+    """Named models found in :func:`model_dirs`, with their cards (NAME.md) where present."""
+    seen: set[str] = set()
+    out = []
+    for folder in model_dirs():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.pt")):
+            name = path.stem
+            if name in seen:
+                continue
+            seen.add(name)
+            card = path.with_suffix(".md")
+            out.append(
+                {
+                    "name": name,
+                    "path": str(path),
+                    "size_mb": path.stat().st_size / 2**20,
+                    "sha256": sha256(path),
+                    "card": card.read_text() if card.exists() else "",
+                }
+            )
+    return out

@@ -35,6 +35,7 @@ from cellcut.data import PatchSampler, TrainingVolume, load_volumes, validation_
 from cellcut.diagnostics import PLATEAU, Diagnosis, LossMonitor
 from cellcut.errors import ConfigError, OutputError
 from cellcut.losses import ReconstructionLoss, SoftNCutLoss, WNetLoss
+from cellcut.losses.intensity import ClassIntensityLoss, initial_centres
 from cellcut.model import WNet3D
 
 METRIC_FIELDS = [
@@ -157,6 +158,25 @@ def choose_foreground_classes(probs: torch.Tensor, image: torch.Tensor) -> list[
         if between > best:
             best, best_split = between, split
     return sorted(present[best_split:])
+
+
+def class_contrast(probs: torch.Tensor, image: torch.Tensor) -> float:
+    """Share of the image's intensity variance explained by the hard classes (η², 0..1).
+
+    High when the classes follow brightness, near 0 for a cut by position: an unsupervised
+    criterion for keeping the best weights.
+    """
+    k = probs.shape[1]
+    hard = probs.argmax(1).flatten()
+    x = image[:, 0].flatten().double()
+    total = float(((x - x.mean()) ** 2).sum())
+    if total <= 0:
+        return 0.0
+    counts = torch.bincount(hard, minlength=k).double()
+    sums = torch.bincount(hard, weights=x, minlength=k)
+    means = sums / counts.clamp_min(1)
+    between = float((counts * (means - x.mean()) ** 2).sum())
+    return between / total
 
 
 def foreground_probability(probs: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
@@ -369,11 +389,22 @@ def train(
     )
     voxel_size = volumes[0].voxel_size
     anisotropy = tuple(v / min(voxel_size) for v in voxel_size) if voxel_size else None
+    intensity_term = None
+    if cfg.loss.intensity_weight > 0:
+        sample = np.concatenate(
+            [v.data[v.train_region].numpy()[::2, ::2, ::2].ravel() for v in volumes]
+        )
+        centres = initial_centres(sample, model.n_classes)
+        if state is not None and state.get("intensity_centres") is not None:
+            centres = np.asarray(state["intensity_centres"])
+        intensity_term = ClassIntensityLoss(centres, cfg.loss.intensity_momentum)
     loss_fn = WNetLoss(
         SoftNCutLoss(sigma_i, cfg.loss.spatial_sigma, cfg.loss.radius, anisotropy, cfg.loss.method),
         ReconstructionLoss(cfg.loss.reconstruction),
         cfg.loss.ncut_weight,
         cfg.loss.rec_weight,
+        intensity_term,
+        cfg.loss.intensity_weight,
     )
     sampler = PatchSampler(
         volumes, cfg.data.patch_size, cfg.augment, cfg.data.foreground_bias, seed=cfg.seed
@@ -424,6 +455,10 @@ def train(
             "lr_scale": lr_scale,
             "intensity_sigma": sigma_i,
             "input_scale": input_scale,
+            "intensity_centres": (
+                intensity_term.centres.tolist() if intensity_term is not None else None
+            ),
+            "best_contrast": best[0],
             "suggested_intensity_sigma": suggested,
             "foreground_classes": run.foreground_classes,
             "history": run.history,
@@ -472,6 +507,11 @@ def train(
         model.train(was_training)
         return choose_foreground_classes(probs, reference_patches)
 
+    best: tuple[float, Any, int] = (
+        float(state.get("best_contrast", -1.0)) if state is not None else -1.0,
+        None,
+        0,
+    )
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
     bar = _progress_bar(cfg, run.step, total_steps)
@@ -541,6 +581,7 @@ def train(
                 "reconstruction": rec,
                 "total": losses.total.item(),
                 "rec_ratio": rec / max(_rec_baseline(cfg.loss.reconstruction, net_in), 1e-12),
+                "intensity": None if losses.intensity is None else float(losses.intensity),
             }
             record.update(_validate(model, loss_fn, val_batch, labelled, cfg, device, input_scale))
             run.history.append(record)
@@ -551,6 +592,9 @@ def train(
                 cb.on_log(record)
             for d in monitor.update(step, ncut, rec, rec / max(record["rec_ratio"], 1e-12)):
                 say(d)
+            contrast = record.get("val_contrast")
+            if cfg.log.select_best and contrast is not None and contrast > best[0]:
+                best = (contrast, copy.deepcopy(model.state_dict()), step)
             good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
         if step % cfg.log.checkpoint_every == 0:
             run.foreground_classes = decide_foreground()
@@ -560,6 +604,9 @@ def train(
 
     if bar is not None:
         bar.close()
+    if cfg.log.select_best and best[1] is not None:
+        model.load_state_dict(best[1])
+        _print_line(f"kept the weights of step {best[2]} (validation contrast {best[0]:.3f})")
     run.foreground_classes = decide_foreground()
     model.eval()
     sample = reference_patches
@@ -636,6 +683,7 @@ def _validate(
     if val_batch is None and not labelled:
         return result
     model.eval()
+    loss_fn.eval()  # class centres do not move on validation data
     with torch.inference_mode():
         if val_batch is not None:
             x = val_batch.to(device)
@@ -651,6 +699,7 @@ def _validate(
             result["val_dice"] = float(np.mean([s[0] for s in scores]))
             result["val_f1"] = float(np.mean([s[1] for s in scores]))
     model.train()
+    loss_fn.train()
     return result
 
 

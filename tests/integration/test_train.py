@@ -75,8 +75,9 @@ def test_resume_continues_exactly(tmp_path, volume_file):
     for ra, rb in zip(a, b, strict=True):
         for key in ("ncut", "reconstruction", "val_ncut"):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-5, abs=1e-7), key
-    for (name, pa), pb in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
-                              strict=True):
+    for (name, pa), pb in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(pa, pb, msg=name)
 
 
@@ -122,8 +123,12 @@ def test_unstable_ncut_is_reported_with_suggested_sigma(tmp_path, volume_file):
 
 def test_poor_reconstruction_is_reported(tmp_path, volume_file):
     img, _ = volume_file
-    cfg = config(loss={"rec_weight": 1e-9, "ncut_weight": 1.0},
-                 optimizer={"lr": 3e-3}, log={"every": 1}, stop={"steps": 30})
+    cfg = config(
+        loss={"rec_weight": 1e-9, "ncut_weight": 1.0},
+        optimizer={"lr": 3e-3},
+        log={"every": 1},
+        stop={"steps": 30},
+    )
     run = train([img], tmp_path / "run", cfg)
     assert "poor_reconstruction" in [d.kind for d in run.diagnoses], [
         (h["ncut"], h["rec_ratio"]) for h in run.history
@@ -134,8 +139,9 @@ def test_poor_reconstruction_is_reported(tmp_path, volume_file):
 
 def test_plateau_is_reported_and_can_stop_training(tmp_path, volume_file):
     img, _ = volume_file
-    cfg = config(optimizer={"lr": 3e-3}, log={"every": 1},
-                 stop={"steps": 200, "early_stop_on_plateau": True})
+    cfg = config(
+        optimizer={"lr": 3e-3}, log={"every": 1}, stop={"steps": 200, "early_stop_on_plateau": True}
+    )
     run = train([img], tmp_path / "run", cfg)
     assert "plateau" in [d.kind for d in run.diagnoses]
     assert run.stopped_by == "N-cut plateau" and run.step < 200
@@ -206,8 +212,9 @@ def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_refused(tmp_p
 def test_fine_tune_from_pretrained_path(tmp_path, volume_file):
     img, _ = volume_file
     base = train([img], tmp_path / "base", config(stop={"steps": 2}))
-    tuned = train([img], tmp_path / "tuned", config(stop={"steps": 2}),
-                  from_pretrained=base.checkpoint)
+    tuned = train(
+        [img], tmp_path / "tuned", config(stop={"steps": 2}), from_pretrained=base.checkpoint
+    )
     assert tuned.model.arch == base.model.arch
     with pytest.raises(CheckpointError, match="does not exist"):
         train([img], tmp_path / "x", config(), from_pretrained=tmp_path / "missing.pt")

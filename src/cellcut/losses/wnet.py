@@ -11,11 +11,12 @@ from cellcut.losses.reconstruction import ReconstructionLoss
 
 
 class WNetLossOutput(NamedTuple):
-    """Total loss (to back-propagate) and both terms (detached, for logging)."""
+    """Total loss (to back-propagate) and each term (detached, for logging)."""
 
     total: Tensor
     ncut: Tensor
     reconstruction: Tensor
+    intensity: Tensor | None = None
 
 
 class WNetLoss(nn.Module):
@@ -33,6 +34,9 @@ class WNetLoss(nn.Module):
         The reconstruction loss (MSE if None).
     ncut_weight, rec_weight
         Non-negative weights of the two terms, not both zero.
+    intensity, intensity_weight
+        Optional third term, :class:`~cellcut.losses.intensity.ClassIntensityLoss`, and its
+        weight (see that module for why it exists).
     """
 
     def __init__(
@@ -41,6 +45,8 @@ class WNetLoss(nn.Module):
         reconstruction: ReconstructionLoss | None = None,
         ncut_weight: float = 0.5,
         rec_weight: float = 0.5,
+        intensity: nn.Module | None = None,
+        intensity_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if ncut_weight < 0 or rec_weight < 0 or ncut_weight + rec_weight == 0:
@@ -52,6 +58,10 @@ class WNetLoss(nn.Module):
         self.reconstruction = reconstruction if reconstruction is not None else ReconstructionLoss()
         self.ncut_weight = float(ncut_weight)
         self.rec_weight = float(rec_weight)
+        if intensity_weight < 0 or (intensity_weight > 0 and intensity is None):
+            raise ValueError("intensity_weight must be >= 0 and needs an intensity loss")
+        self.intensity = intensity
+        self.intensity_weight = float(intensity_weight)
 
     def forward(
         self, probs: Tensor, reconstruction: Tensor, image: Tensor, target: Tensor | None = None
@@ -69,4 +79,9 @@ class WNetLoss(nn.Module):
             else reconstruction.new_zeros(())
         )
         total = self.ncut_weight * ncut + self.rec_weight * rec
-        return WNetLossOutput(total, ncut.detach(), rec.detach())
+        intensity = None
+        if self.intensity is not None and self.intensity_weight > 0:
+            intensity = self.intensity(probs, image)
+            total = total + self.intensity_weight * intensity
+            intensity = intensity.detach()
+        return WNetLossOutput(total, ncut.detach(), rec.detach(), intensity)

@@ -1,0 +1,157 @@
+"""Segmentation: block processing equals one piece, outputs, statistics, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellcut.checkpoint import load_model
+from cellcut.cli import main
+from cellcut.errors import CheckpointError, VolumeError
+from cellcut.metrics import match_instances
+from cellcut.segment import cell_statistics, label_blocks, segment
+from cellcut.synthetic import make_nuclei_volume
+from cellcut.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seg")
+    v = make_nuclei_volume((24, 48, 48), seed=4, voxel_size=(1.5, 1, 1), radius_um=(3, 5))
+    tifffile.imwrite(folder / "img.tif", v.image)
+    cfg = {
+        "model": {"base_width": 4, "depth": 2},
+        "data": {"patch_size": [16, 32, 32], "val_patches": 1, "normalization": "percentile"},
+        "loss": {"intensity_weight": 1.0},
+        "log": {"every": 5, "checkpoint_every": 100, "progress": False, "plots": False},
+        "stop": {"steps": 20},
+    }
+    run = train([folder / "img.tif"], folder / "run", cfg)
+    return load_model(run.run_dir), folder
+
+
+def test_block_labelling_equals_one_piece():
+    v = make_nuclei_volume((40, 80, 80), seed=9, voxel_size=(1.0, 1.0, 1.0), radius_um=(3, 5))
+    prob = (v.labels > 0).astype(np.float32) * 0.9 + 0.05
+    whole = np.zeros(prob.shape, np.int32)
+    label_blocks(
+        prob, whole, method="voronoi-otsu", voxel_size=None, block=(64, 128, 128), halo=(16, 16, 16)
+    )
+    blocks = np.zeros(prob.shape, np.int32)
+    n = label_blocks(
+        prob, blocks, method="voronoi-otsu", voxel_size=None, block=(16, 24, 24), halo=(16, 16, 16)
+    )
+    assert n == len(np.unique(whole)) - 1 > 20
+    matches = match_instances(whole, blocks, thresholds=(0.999,))[0]
+    assert matches.tp == n and matches.fp == 0 and matches.fn == 0
+
+
+def test_segment_writes_labels_stats_and_overview(tmp_path, trained):
+    model, folder = trained
+    out = tmp_path / "labels.tif"
+    result = segment(
+        folder / "img.tif",
+        out,
+        model=model,
+        window=32,
+        block=24,
+        stats=tmp_path / "cells.csv",
+        overview=tmp_path / "overview.png",
+        probability_out=tmp_path / "prob.zarr",
+        voxel_size=(1.5, 1, 1),
+    )
+    labels = tifffile.imread(out)
+    assert labels.shape == (24, 48, 48) and labels.max() == result.n_cells
+    assert (tmp_path / "overview.png").stat().st_size > 10_000
+    rows = list(csv.DictReader(open(tmp_path / "cells.csv")))
+    assert len(rows) == result.n_cells
+    summary = json.loads((tmp_path / "cells.summary.json").read_text())
+    assert summary["cells"] == result.n_cells and summary["units"] == "µm"
+    np.testing.assert_array_equal(result.labels, labels)
+
+
+def test_statistics_hand_checked():
+    labels = np.zeros((4, 5, 6), np.int32)
+    labels[1:3, 1:3, 1:4] = 1  # 12 voxels
+    labels[0, 4, 5] = 2
+    image = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
+    rows, summary = cell_statistics(labels, image, (2.0, 1.0, 1.0), block=(2, 2, 2))
+    first = rows[0]
+    assert first["volume_voxels"] == 12 and first["volume_um3"] == 24.0
+    assert first["centroid_z"] == pytest.approx(1.5) and first["centroid_z_um"] == pytest.approx(3)
+    assert first["centroid_x"] == pytest.approx(2.0)
+    assert first["mean_intensity"] == pytest.approx(image[labels == 1].mean())
+    assert first["max_intensity"] == image[labels == 1].max()
+    assert (first["bbox_min_z"], first["bbox_max_x"]) == (1, 3)
+    assert rows[1]["volume_voxels"] == 1 and summary["cells"] == 2
+
+
+def test_cli_segment_and_evaluate(tmp_path, trained, capsys):
+    model, folder = trained
+    code = main(
+        [
+            "segment",
+            str(folder / "img.tif"),
+            "--out",
+            str(tmp_path / "l.tif"),
+            "--model",
+            model.source,
+            "--window",
+            "32",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "l_overview.png").exists()
+    capsys.readouterr()
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "l.tif"),
+            str(tmp_path / "l.tif"),
+            "--json",
+            str(tmp_path / "e.json"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "foreground Dice 1.0000" in out
+    assert json.loads((tmp_path / "e.json").read_text())["mean_f1"] == 1.0
+
+
+def test_bad_inputs(tmp_path, trained, capsys):
+    model, folder = trained
+    with pytest.raises(VolumeError, match="2 values given; give three"):
+        segment(folder / "img.tif", None, model=model, voxel_size=(1, 1))
+    with pytest.raises(VolumeError, match="positive"):
+        segment(folder / "img.tif", None, model=model, voxel_size=(1, -1, 1))
+    np.save(tmp_path / "flat.npy", np.random.default_rng(0).random((32, 32)))
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "flat.npy"),
+            "--out",
+            str(tmp_path / "x.tif"),
+            "--model",
+            model.source,
+        ]
+    )
+    assert code == 2 and "not a 3D volume" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="does not exist"):
+        segment(folder / "img.tif", None, model=tmp_path / "nope.pt")
+
+
+def test_model_with_mismatched_classes_is_refused(tmp_path, trained):
+    import torch
+
+    from cellcut.checkpoint import load_checkpoint
+
+    model, _ = trained
+    data = load_checkpoint(model.source)
+    data["foreground_classes"] = [3]
+    torch.save(data, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="K=2"):
+        load_model(tmp_path / "bad.pt")
