@@ -67,6 +67,23 @@ SETTINGS: dict[str, dict] = {
     "int1_k3": {"loss.intensity_weight": 1.0, "model.n_classes": 3},
     "int1_pct": {"loss.intensity_weight": 1.0, "data.normalization": "percentile"},
     "int1_sx2": {"loss.intensity_weight": 1.0, "loss.spatial_sigma": 2.0},
+    "int0.5_pct": {"loss.intensity_weight": 0.5, "data.normalization": "percentile"},
+    "int2_pct": {"loss.intensity_weight": 2.0, "data.normalization": "percentile"},
+    "int1_pct_k3": {
+        "loss.intensity_weight": 1.0,
+        "data.normalization": "percentile",
+        "model.n_classes": 3,
+    },
+    "int1_pct_sx2": {
+        "loss.intensity_weight": 1.0,
+        "data.normalization": "percentile",
+        "loss.spatial_sigma": 2.0,
+    },
+    "int1_pct_norec": {
+        "loss.intensity_weight": 1.0,
+        "data.normalization": "percentile",
+        "loss.rec_weight": 0.0,
+    },
     "select": {"log.select_best": True, "log.every": 2},
     "int1_select": {"loss.intensity_weight": 1.0, "log.select_best": True, "log.every": 2},
 }
@@ -149,6 +166,7 @@ def main() -> None:
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
     ap.add_argument("--seconds", type=float, default=90.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--tag", default="", help="suffix of the results file")
     args = ap.parse_args()
 
     import torch

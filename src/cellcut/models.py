@@ -104,3 +104,25 @@ def list_models() -> list[dict]:
                 }
             )
     return out
+
+
+def export_model(checkpoint: str | os.PathLike, dest: str | os.PathLike, card: str = "") -> Path:
+    """Write a slim, named copy of a trained model: weights and what inference needs.
+
+    Drops the optimizer and random states (a shipped model is for inference and fine-tuning),
+    writes ``NAME.pt``, its ``NAME.sha256`` and, if given, the model card ``NAME.md``.
+    """
+    from cellcut.checkpoint import load_checkpoint, save_checkpoint
+
+    data = load_checkpoint(checkpoint)
+    keep = ("config", "architecture", "model", "step", "elapsed_s", "intensity_sigma",
+            "suggested_intensity_sigma", "input_scale", "foreground_classes", "history",
+            "intensity_centres", "images")
+    slim = {k: data[k] for k in keep if k in data}
+    slim["model"] = {k: v.clone() for k, v in slim["model"].items()}
+    target = Path(dest)
+    save_checkpoint(target, slim)
+    target.with_suffix(".sha256").write_text(f"{sha256(target)}  {target.name}\n")
+    if card:
+        target.with_suffix(".md").write_text(card)
+    return target
