@@ -65,7 +65,7 @@ class LossConfig(_Section):
     reconstruction: Literal["mse", "bce"] = "mse"
     rec_weight: float = Field(0.5, ge=0)
     intensity_weight: float = Field(
-        0.0, ge=0, description="weight of the class-intensity term (losses.intensity)"
+        1.0, ge=0, description="weight of the class-intensity term (losses.intensity)"
     )
     intensity_momentum: float = Field(0.01, ge=0, le=1)
 
@@ -83,7 +83,7 @@ class DataConfig(_Section):
 
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = Field(1, ge=1, le=256)
-    normalization: Literal["remap", "percentile", "none"] = "remap"
+    normalization: Literal["remap", "percentile", "none"] = "percentile"
     foreground_bias: float = Field(
         0.0, ge=0, le=1, description="share of patches centred on a bright voxel"
     )

@@ -74,6 +74,40 @@ def _relative(inner: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice
     )
 
 
+def label_moments(labels: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> dict[str, np.ndarray]:
+    """Voxel count, coordinate sums and bounding box of every label, plane by plane.
+
+    Works one z-plane at a time, so memory stays at a few planes whatever the block size.
+    Arrays are indexed by label (0 = background); ``offset`` shifts the coordinates.
+    """
+    n = int(labels.max()) + 1
+    out = {"count": np.zeros(n), "sum_z": np.zeros(n), "sum_y": np.zeros(n), "sum_x": np.zeros(n),
+           "min_z": np.full(n, np.inf), "min_y": np.full(n, np.inf), "min_x": np.full(n, np.inf),
+           "max_z": np.full(n, -np.inf), "max_y": np.full(n, -np.inf),
+           "max_x": np.full(n, -np.inf)}
+    ny, nx = labels.shape[1:]
+    yy = np.broadcast_to(np.arange(ny)[:, None] + offset[1], (ny, nx)).ravel()
+    xx = np.broadcast_to(np.arange(nx)[None, :] + offset[2], (ny, nx)).ravel()
+    for z in range(labels.shape[0]):
+        plane = np.asarray(labels[z]).ravel()
+        if not plane.any():
+            continue
+        counts = np.bincount(plane, minlength=n)
+        out["count"] += counts
+        out["sum_z"] += counts * (z + offset[0])
+        out["sum_y"] += np.bincount(plane, weights=yy, minlength=n)
+        out["sum_x"] += np.bincount(plane, weights=xx, minlength=n)
+        present = counts > 0
+        out["min_z"][present] = np.minimum(out["min_z"][present], z + offset[0])
+        out["max_z"][present] = np.maximum(out["max_z"][present], z + offset[0])
+        fg = plane > 0
+        np.minimum.at(out["min_y"], plane[fg], yy[fg])
+        np.maximum.at(out["max_y"], plane[fg], yy[fg])
+        np.minimum.at(out["min_x"], plane[fg], xx[fg])
+        np.maximum.at(out["max_x"], plane[fg], xx[fg])
+    return out
+
+
 def resolve_model(model: str | os.PathLike | LoadedModel | None, device: str) -> LoadedModel:
     """The shipped default (None or 'default'), a named model, a path, or an already loaded one."""
     if isinstance(model, LoadedModel):
@@ -151,15 +185,9 @@ def label_blocks(
         if n:
             rel = _relative(core, outer)
             # owner: the block whose core holds the object's centroid
-            coords = np.indices(local.shape, sparse=True)
-            counts = np.bincount(local.ravel(), minlength=n + 1).astype(np.float64)
-            centroid = [
-                np.bincount(
-                    local.ravel(), weights=np.broadcast_to(c, local.shape).ravel(), minlength=n + 1
-                )
-                / np.maximum(counts, 1)
-                for c in coords
-            ]
+            moments = label_moments(local)
+            counts = np.maximum(moments["count"], 1)
+            centroid = [moments[f"sum_{a}"] / counts for a in "zyx"]
             own = np.ones(n + 1, dtype=bool)
             own[0] = False
             for ax, r in enumerate(rel):
@@ -171,7 +199,7 @@ def label_blocks(
                     if side:
                         face = np.take(local, index, axis=ax)
                         own[np.unique(face)] = False
-            lut = np.zeros(n + 1, dtype=np.int64)
+            lut = np.zeros(n + 1, dtype=np.int32)
             kept = np.flatnonzero(own)
             lut[kept] = np.arange(next_id, next_id + len(kept))
             next_id += len(kept)
@@ -223,25 +251,30 @@ def cell_statistics(
             acc[key] = new
 
     for core in _blocks(shape, block):
-        lab = np.asarray(labels[core]).astype(np.int64)
+        lab = np.asarray(labels[core])
         m = int(lab.max())
         if m == 0:
             continue
         if m + 1 > n:
             n = m + 1
             grow(n)
-        img = np.asarray(image[core], dtype=np.float64).ravel()
-        flat = lab.ravel()
-        acc["count"][: m + 1] += np.bincount(flat, minlength=m + 1)
-        acc["sum_i"][: m + 1] += np.bincount(flat, weights=img, minlength=m + 1)
-        present = flat > 0
-        np.maximum.at(acc["max_i"], flat[present], img[present])
-        grids = np.indices(lab.shape).reshape(3, -1)
-        for ax, name in enumerate("zyx"):
-            coord = grids[ax] + core[ax].start
-            acc[f"sum_{name}"][: m + 1] += np.bincount(flat, weights=coord, minlength=m + 1)
-            np.minimum.at(acc[f"min_{name}"], flat[present], coord[present])
-            np.maximum.at(acc[f"max_{name}"], flat[present], coord[present])
+        img = np.asarray(image[core], dtype=np.float64)
+        mom = label_moments(lab, [c.start for c in core])
+        k = len(mom["count"])
+        for key in ("count", "sum_z", "sum_y", "sum_x"):
+            acc[key][:k] += mom[key]
+        for key in ("min_z", "min_y", "min_x"):
+            acc[key][:k] = np.minimum(acc[key][:k], mom[key])
+        for key in ("max_z", "max_y", "max_x"):
+            acc[key][:k] = np.maximum(acc[key][:k], mom[key])
+        for z in range(lab.shape[0]):
+            plane = lab[z].ravel()
+            if not plane.any():
+                continue
+            values = img[z].ravel()
+            acc["sum_i"][:k] += np.bincount(plane, weights=values, minlength=k)
+            fg = plane > 0
+            np.maximum.at(acc["max_i"], plane[fg], values[fg])
     rows = []
     voxel_volume = float(np.prod(vs))
     for i in range(1, n):

@@ -1,0 +1,50 @@
+"""The shipped default model: present, verified by checksum, and good on synthetic nuclei."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from cellcut.errors import CheckpointError
+from cellcut.metrics import evaluate
+from cellcut.models import list_models, resolve_model_path, sha256
+from cellcut.segment import segment
+from cellcut.synthetic import make_nuclei_volume
+
+
+def test_default_model_ships_with_its_checksum_and_card():
+    path = resolve_model_path("default")
+    assert path.stat().st_size < 10 * 2**20
+    expected = path.with_suffix(".sha256").read_text().split()[0]
+    assert sha256(path) == expected
+    names = {m["name"]: m for m in list_models()}
+    assert "default" in names and "Recipe" in names["default"]["card"]
+
+
+def test_altered_or_unverifiable_model_is_refused(tmp_path, monkeypatch):
+    path = resolve_model_path("default")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    copy = folder / "mine.pt"
+    shutil.copy(path, copy)
+    monkeypatch.setenv("CELLCUT_MODELS", str(folder))
+    with pytest.raises(CheckpointError, match="checksum file is missing"):
+        resolve_model_path("mine")
+    (folder / "mine.sha256").write_text(sha256(copy))
+    assert resolve_model_path("mine") == copy
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="altered or damaged"):
+        resolve_model_path("mine")
+    with pytest.raises(CheckpointError, match="no model named 'nothing'"):
+        resolve_model_path("nothing")
+
+
+def test_default_model_segments_synthetic_nuclei():
+    v = make_nuclei_volume((48, 96, 96), seed=11, voxel_size=(2.0, 1.0, 1.0))
+    result = segment(v.image, None, model="default", voxel_size=v.voxel_size)
+    ev = evaluate(v.labels, result.labels, thresholds=(0.5,))
+    assert ev.f1_50 >= 0.8, ev.table()
+    assert ev.dice >= 0.8, ev.table()
