@@ -1,0 +1,43 @@
+"""Sample data and a reader for formats napari does not open by itself (zarr, OME-Zarr, HDF5)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from cellcut.errors import CellcutError
+from cellcut.io import detect_format, read_volume, split_location
+
+LayerData = list[tuple[Any, dict, str]]
+
+
+def mesospim_sample() -> LayerData:
+    """The bundled mesoSPIM crop (see cellcut/samples/ATTRIBUTION.md)."""
+    from cellcut.samples import sample_path
+
+    vol = read_volume(sample_path("mesospim"))
+    return [(vol.data, {"name": "mesospim sample", "colormap": "gray"}, "image")]
+
+
+def get_reader(path: str | list[str]) -> Callable[[str], LayerData] | None:
+    """Return a reader for zarr/OME-Zarr folders and HDF5 files, None for anything else."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        fmt = detect_format(split_location(path)[0])
+    except CellcutError:
+        return None
+    return read_layers if fmt in ("zarr", "ome-zarr", "hdf5") else None
+
+
+def read_layers(path: str) -> LayerData:
+    vol = read_volume(path, lazy=True, validate=False)
+    name = os.path.basename(str(split_location(path)[0]).rstrip("/"))
+    meta: dict[str, Any] = {"name": name}
+    if vol.voxel_size:
+        meta["scale"] = vol.voxel_size
+    kind = "labels" if vol.data.dtype.kind in "iu" and "label" in name.lower() else "image"
+    return [(vol.data, meta, kind)]

@@ -1,0 +1,473 @@
+"""The Train, Segment and Evaluate widgets (public napari, magicgui and qtpy APIs only)."""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui import widgets as mw
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTextEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cellcut.errors import CellcutError
+from cellcut.train import TrainCallback
+
+
+def _layers(viewer, kind: str) -> list:
+    import napari.layers
+
+    cls = {"image": napari.layers.Image, "labels": napari.layers.Labels}[kind]
+    return [layer for layer in viewer.layers if isinstance(layer, cls)]
+
+
+def check_layer(layer, what: str = "image") -> str | None:
+    """Why a layer cannot be used (None if it can)."""
+    if layer is None:
+        return f"no {what} layer selected: open or choose a 3D {what} first"
+    if np.asarray(layer.data.shape).size != 3 or getattr(layer, "rgb", False):
+        return f"layer '{layer.name}' is {len(layer.data.shape)}D: cellcut needs a 3D (z, y, x) stack"
+    return None
+
+
+def check_voxel_size(values) -> str | None:
+    if len(values) != 3 or any(not (v > 0 and np.isfinite(v)) for v in values):
+        return f"voxel size {tuple(values)} is invalid: give three positive sizes (z, y, x) in µm"
+    return None
+
+
+class _QueueCallback(TrainCallback):
+    """Fills a queue from the training thread; the widget reads it in the GUI thread."""
+
+    def __init__(self, q: queue.Queue, stop: threading.Event) -> None:
+        self.q = q
+        self.stop = stop
+
+    def on_start(self, run) -> None:
+        self.q.put(("start", run.step))
+
+    def on_log(self, record) -> None:
+        self.q.put(("log", dict(record)))
+
+    def on_diagnosis(self, diagnosis) -> None:
+        self.q.put(("diagnosis", diagnosis.message))
+
+    def on_checkpoint(self, path) -> None:
+        self.q.put(("checkpoint", str(path)))
+
+    def stop_requested(self) -> bool:
+        return self.stop.is_set()
+
+
+class _LossPlot(QWidget):
+    """N-cut and reconstruction curves, redrawn as records arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(4, 2.4), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.records: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        steps = [r["step"] for r in self.records]
+        self.ax.clear()
+        self.ax.plot(steps, [r["ncut"] for r in self.records], label="N-cut")
+        rec = [r["rec_ratio"] for r in self.records]
+        self.ax.plot(steps, rec, label="reconstruction / flat image")
+        if any(r.get("val_ncut") not in (None, "") for r in self.records):
+            self.ax.plot(steps, [r.get("val_ncut") or np.nan for r in self.records],
+                         label="validation N-cut")
+        self.ax.set_xlabel("step")
+        self.ax.legend(fontsize=7)
+        self.canvas.draw_idle()
+
+
+class TrainWidget(QWidget):
+    """Train or fine-tune a W-Net on image layers, with live losses and diagnostics."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.images = mw.Select(label="images", choices=self._image_names)
+        self.n_classes = mw.SpinBox(label="classes (K)", value=2, min=2, max=16)
+        self.patch = mw.SpinBox(label="patch size", value=64, min=16, max=256, step=16)
+        self.limit = mw.ComboBox(label="stop after", choices=["minutes", "steps", "epochs"],
+                                 value="minutes")
+        self.amount = mw.FloatSpinBox(label="amount", value=5.0, min=0.05, max=100000)
+        self.lr = mw.FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0,
+                                  step=1e-4)
+        self.ncut_weight = mw.FloatSpinBox(label="N-cut weight", value=0.5, min=0, max=100)
+        self.rec_weight = mw.FloatSpinBox(label="reconstruction weight", value=0.5, min=0,
+                                          max=100)
+        self.rec_kind = mw.ComboBox(label="reconstruction", choices=["mse", "bce"], value="mse")
+        self.intensity_weight = mw.FloatSpinBox(label="class-intensity weight", value=1.0,
+                                                min=0, max=100)
+        self.normalization = mw.ComboBox(label="normalization",
+                                         choices=["percentile", "remap", "none"],
+                                         value="percentile")
+        self.sigma = mw.LineEdit(label="σ_I", value="auto")
+        self.suggest = mw.PushButton(text="suggest σ_I from the image")
+        self.spatial_sigma = mw.FloatSpinBox(label="σ_X (voxels)", value=4.0, min=0.5, max=50)
+        self.pretrained = mw.ComboBox(label="start from", choices=["default model", "scratch",
+                                                                   "file"], value="default model")
+        self.pretrained_file = mw.FileEdit(label="model file", mode="r", filter="*.pt")
+        self.out = mw.FileEdit(label="run folder", mode="d",
+                               value=str(Path(tempfile.gettempdir()) / "cellcut-run"))
+        self.form = mw.Container(widgets=[
+            self.images, self.n_classes, self.patch, self.limit, self.amount, self.lr,
+            self.ncut_weight, self.rec_weight, self.rec_kind, self.intensity_weight,
+            self.normalization, self.sigma, self.suggest, self.spatial_sigma, self.pretrained,
+            self.pretrained_file, self.out,
+        ])
+        self.start_button = QPushButton("Start training")
+        self.stop_button = QPushButton("Stop (keeps the last checkpoint)")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("idle")
+        self.plot = _LossPlot()
+        self.messages = QTextEdit()
+        self.messages.setReadOnly(True)
+        layout = QVBoxLayout(self)
+        for w in (self.form.native, self.start_button, self.stop_button, self.progress,
+                  self.status, self.plot, self.messages):
+            layout.addWidget(w)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.request_stop)
+        self.suggest.changed.connect(self.suggest_sigma)
+        self.viewer.layers.events.inserted.connect(lambda e: self.images.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda e: self.images.reset_choices())
+        self.queue: queue.Queue = queue.Queue()
+        self.stop_event = threading.Event()
+        self.timer = QTimer(self)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.drain)
+        self.worker = None
+        self.run = None
+        self.total = 0
+
+    def _image_names(self, *_: Any) -> list[str]:
+        return [layer.name for layer in _layers(self.viewer, "image")]
+
+    def selected_layers(self) -> list:
+        names = set(self.images.value or [])
+        return [layer for layer in _layers(self.viewer, "image") if layer.name in names]
+
+    def suggest_sigma(self, *_: Any) -> None:
+        layers = self.selected_layers()
+        problem = check_layer(layers[0] if layers else None)
+        if problem:
+            show_error(problem)
+            return
+        from cellcut.normalize import suggest_intensity_sigma
+
+        s = suggest_intensity_sigma(np.asarray(layers[0].data), self.normalization.value)
+        self.sigma.value = f"{s.intensity_sigma:.3g}"
+        show_info(f"σ_I {s.intensity_sigma:.3g}: background {s.background_mean:.3g}, "
+                  f"cells {s.foreground_mean:.3g}, noise {s.noise:.3g}")
+
+    def settings(self) -> list[str]:
+        sigma = self.sigma.value.strip() or "auto"
+        stop = {"minutes": "stop.minutes", "steps": "stop.steps", "epochs": "stop.epochs"}
+        amount = self.amount.value if self.limit.value == "minutes" else int(self.amount.value)
+        overrides = [
+            "stop.minutes=null", "stop.steps=null", "stop.epochs=null",
+            f"{stop[self.limit.value]}={amount}",
+            f"model.n_classes={self.n_classes.value}",
+            f"data.patch_size=[{self.patch.value}, {self.patch.value}, {self.patch.value}]",
+            f"data.normalization={self.normalization.value}",
+            f"optimizer.lr={self.lr.value}",
+            f"loss.ncut_weight={self.ncut_weight.value}",
+            f"loss.rec_weight={self.rec_weight.value}",
+            f"loss.reconstruction={self.rec_kind.value}",
+            f"loss.intensity_weight={self.intensity_weight.value}",
+            f"loss.intensity_sigma={sigma}",
+            f"loss.spatial_sigma={self.spatial_sigma.value}",
+            "log.progress=false", "log.every=5",
+        ]
+        return overrides
+
+    def start(self) -> None:
+        layers = self.selected_layers()
+        if not layers:
+            show_error("no image layer selected: choose the volumes to train on")
+            return
+        for layer in layers:
+            problem = check_layer(layer) or check_voxel_size(tuple(layer.scale)[-3:])
+            if problem:
+                show_error(problem)
+                return
+        if self.pretrained.value == "file" and not Path(self.pretrained_file.value).is_file():
+            show_error("no model file chosen: pick a .pt file or start from the default model")
+            return
+        if self.worker is not None:
+            show_error("a training is already running")
+            return
+        folder = Path(tempfile.mkdtemp(prefix="cellcut-napari-"))
+        paths = []
+        import tifffile
+
+        for i, layer in enumerate(layers):
+            path = folder / f"layer{i}.tif"
+            tifffile.imwrite(path, np.asarray(layer.data))
+            paths.append(path)
+        voxel = tuple(float(v) for v in layers[0].scale[-3:])
+        overrides = [*self.settings(), f"data.voxel_size=[{voxel[0]}, {voxel[1]}, {voxel[2]}]"]
+        pretrained = {"default model": "default", "scratch": None,
+                      "file": str(self.pretrained_file.value)}[self.pretrained.value]
+        self.stop_event.clear()
+        self.plot.records.clear()
+        self.total = int(self.amount.value) if self.limit.value == "steps" else 0
+        self.progress.setRange(0, self.total)
+        self.messages.clear()
+        callback = _QueueCallback(self.queue, self.stop_event)
+
+        def job():
+            from cellcut.train import train
+
+            return train(paths, self.out.value, overrides=overrides, from_pretrained=pretrained,
+                         callbacks=[callback], overwrite=True)
+
+        self.worker = create_worker(job)
+        self.worker.returned.connect(self._finished)
+        self.worker.errored.connect(self._failed)
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText("training…")
+        self.timer.start()
+        self.worker.start()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.status.setText("stopping after this step…")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                kind, payload = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "log":
+                self.plot.add(payload)
+                self.progress.setValue(int(payload["step"]) if self.total else 0)
+                self.status.setText(f"step {payload['step']}: N-cut {payload['ncut']:.4f}, "
+                                    f"reconstruction {payload['reconstruction']:.4g}")
+            elif kind == "diagnosis":
+                self.messages.append(payload)
+                show_info(payload)
+            elif kind == "checkpoint":
+                self.last_checkpoint = payload
+
+    def _finished(self, run) -> None:
+        self.drain()
+        self.timer.stop()
+        self.run = run
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.status.setText(f"done: {run.step} steps ({run.stopped_by}); model in {run.checkpoint}")
+
+    def _failed(self, error: Exception) -> None:
+        self.drain()
+        self.timer.stop()
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.status.setText("failed")
+        show_error(str(error) if isinstance(error, CellcutError) else f"training failed: {error}")
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer: adds the probability and a Labels layer, shows per-cell stats."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = mw.ComboBox(label="image", choices=self._image_names)
+        self.model = mw.ComboBox(label="model", choices=["default model", "file or run folder"],
+                                 value="default model")
+        self.model_path = mw.FileEdit(label="model path", mode="r")
+        self.use_scale = mw.CheckBox(label="voxel size from the layer's scale", value=True)
+        self.voxel = mw.TupleEdit(label="voxel size (z, y, x) µm", value=(1.0, 1.0, 1.0))
+        self.method = mw.ComboBox(label="instances",
+                                  choices=["voronoi-otsu", "watershed", "connected", "none"],
+                                  value="voronoi-otsu")
+        self.spot_sigma = mw.FloatSpinBox(label="spot σ (µm)", value=2.0, min=0.1, max=50)
+        self.outline_sigma = mw.FloatSpinBox(label="outline σ (µm)", value=1.0, min=0.1, max=50)
+        self.min_volume = mw.FloatSpinBox(label="min volume", value=0.0, min=0, max=1e9)
+        self.form = mw.Container(widgets=[self.image, self.model, self.model_path,
+                                          self.use_scale, self.voxel, self.method,
+                                          self.spot_sigma, self.outline_sigma, self.min_volume])
+        self.run_button = QPushButton("Segment")
+        self.status = QLabel("idle")
+        self.table = QTableWidget()
+        self.save_path = mw.FileEdit(label="CSV", mode="w", filter="*.csv",
+                                     value=str(Path(tempfile.gettempdir()) / "cells.csv"))
+        self.save_button = QPushButton("Save statistics as CSV")
+        layout = QVBoxLayout(self)
+        for w in (self.form.native, self.run_button, self.status, self.table,
+                  self.save_path.native, self.save_button):
+            layout.addWidget(w)
+        self.run_button.clicked.connect(self.start)
+        self.save_button.clicked.connect(self.save_csv)
+        self.viewer.layers.events.inserted.connect(lambda e: self.image.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda e: self.image.reset_choices())
+        self.worker = None
+        self.result = None
+
+    def _image_names(self, *_: Any) -> list[str]:
+        return [layer.name for layer in _layers(self.viewer, "image")]
+
+    def layer(self):
+        for layer in _layers(self.viewer, "image"):
+            if layer.name == self.image.value:
+                return layer
+        return None
+
+    def start(self) -> None:
+        layer = self.layer()
+        problem = check_layer(layer)
+        voxel = tuple(float(v) for v in (layer.scale[-3:] if layer is not None and
+                                         self.use_scale.value else self.voxel.value))
+        problem = problem or check_voxel_size(voxel)
+        if problem:
+            show_error(problem)
+            return
+        model = "default" if self.model.value == "default model" else str(self.model_path.value)
+        data = np.asarray(layer.data)
+        kwargs = dict(model=model, voxel_size=voxel, instances=self.method.value,
+                      spot_sigma=self.spot_sigma.value, outline_sigma=self.outline_sigma.value,
+                      min_volume=self.min_volume.value, keep_in_memory=True)
+
+        def job():
+            from cellcut.segment import segment
+
+            return segment(data, None, **kwargs)
+
+        self.worker = create_worker(job)
+        self.worker.returned.connect(lambda r: self._finished(r, layer, voxel))
+        self.worker.errored.connect(self._failed)
+        self.run_button.setEnabled(False)
+        self.status.setText("segmenting…")
+        self.worker.start()
+
+    def _finished(self, result, layer, voxel) -> None:
+        self.worker = None
+        self.result = result
+        self.run_button.setEnabled(True)
+        name = layer.name
+        self.viewer.add_image(result.probability, name=f"{name} cell probability", scale=voxel,
+                              colormap="magma", blending="additive", opacity=0.6)
+        self.viewer.add_labels(result.labels, name=f"{name} cells", scale=voxel)
+        self.status.setText(f"{result.n_cells} cells")
+        self.show_table(result.stats)
+
+    def _failed(self, error: Exception) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.status.setText("failed")
+        show_error(str(error) if isinstance(error, CellcutError) else f"segmentation failed: {error}")
+
+    def show_table(self, rows: list[dict]) -> None:
+        columns = ["id", "centroid_z_um", "centroid_y_um", "centroid_x_um", "volume_um3",
+                   "mean_intensity", "max_intensity"]
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(rows))
+        self.table.setHorizontalHeaderLabels(columns)
+        for i, row in enumerate(rows):
+            for j, key in enumerate(columns):
+                value = row[key]
+                self.table.setItem(i, j, QTableWidgetItem(
+                    f"{value:.4g}" if isinstance(value, float) else str(value)))
+
+    def save_csv(self) -> None:
+        if self.result is None:
+            show_error("nothing to save yet: segment an image first")
+            return
+        from cellcut.segment import write_stats_csv
+
+        path = write_stats_csv(self.save_path.value, self.result.stats, overwrite=True)
+        show_info(f"saved {path}")
+
+
+class EvaluateWidget(QWidget):
+    """Two Labels layers -> Dice, IoU and instance matching at IoU 0.1..0.9."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.truth = mw.ComboBox(label="ground truth", choices=self._label_names)
+        self.prediction = mw.ComboBox(label="prediction", choices=self._label_names)
+        self.form = mw.Container(widgets=[self.truth, self.prediction])
+        self.run_button = QPushButton("Evaluate")
+        self.summary = QLabel("")
+        self.table = QTableWidget()
+        layout = QVBoxLayout(self)
+        for w in (self.form.native, self.run_button, self.summary, self.table):
+            layout.addWidget(w)
+        self.run_button.clicked.connect(self.evaluate)
+        self.viewer.layers.events.inserted.connect(lambda e: self._refresh())
+        self.viewer.layers.events.removed.connect(lambda e: self._refresh())
+        self.result = None
+
+    def _refresh(self) -> None:
+        self.truth.reset_choices()
+        self.prediction.reset_choices()
+
+    def _label_names(self, *_: Any) -> list[str]:
+        return [layer.name for layer in _layers(self.viewer, "labels")]
+
+    def _get(self, name):
+        for layer in _layers(self.viewer, "labels"):
+            if layer.name == name:
+                return layer
+        return None
+
+    def evaluate(self) -> None:
+        from cellcut.metrics import evaluate
+
+        truth, pred = self._get(self.truth.value), self._get(self.prediction.value)
+        problem = check_layer(truth, "labels") or check_layer(pred, "labels")
+        if problem:
+            show_error(problem)
+            return
+        if truth.data.shape != pred.data.shape:
+            show_error(f"the layers differ in shape: {truth.data.shape} and {pred.data.shape}")
+            return
+        self.result = evaluate(np.asarray(truth.data), np.asarray(pred.data))
+        r = self.result
+        self.summary.setText(f"Dice {r.dice:.4f}, IoU {r.iou:.4f}, truth {r.n_true} objects, "
+                             f"prediction {r.n_pred}; mean F1 {r.mean_f1:.4f}")
+        columns = ["IoU threshold", "TP", "FP", "FN", "precision", "recall", "F1", "PQ"]
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(r.matches))
+        self.table.setHorizontalHeaderLabels(columns)
+        for i, m in enumerate(r.matches):
+            values = [m.threshold, m.tp, m.fp, m.fn, m.precision, m.recall, m.f1,
+                      m.panoptic_quality]
+            for j, v in enumerate(values):
+                self.table.setItem(i, j, QTableWidgetItem(
+                    f"{v:.4f}" if isinstance(v, float) else str(v)))
