@@ -359,26 +359,41 @@ def _demo(args: argparse.Namespace) -> int:
         if not args.overwrite:
             from cellcut.errors import OutputError
 
-            raise OutputError("output exists", "the demo folder is not empty",
-                              "pass --overwrite or choose another --out", file=out)
+            raise OutputError(
+                "output exists",
+                "the demo folder is not empty",
+                "pass --overwrite or choose another --out",
+                file=out,
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     image = sample_path("mesospim")
     print(f"sample: {image} (mesoSPIM light-sheet crop, see ATTRIBUTION.md beside it)")
     t0 = time.perf_counter()
     print(f"1/2 fine-tuning the {args.model} model for {args.minutes:g} min on the sample")
-    run = train([image], out / "run", overrides=[f"stop.minutes={args.minutes}",
-                                                 "log.every=10", "log.checkpoint_every=1000"],
-                from_pretrained=args.model)
+    run = train(
+        [image],
+        out / "run",
+        overrides=[f"stop.minutes={args.minutes}", "log.every=10", "log.checkpoint_every=1000"],
+        from_pretrained=args.model,
+    )
     t1 = time.perf_counter()
-    print(f"   {run.step} steps in {t1 - t0:.0f} s, N-cut {run.history[-1]['ncut']:.3f}"
-          if run.history else f"   {run.step} steps")
+    print(
+        f"   {run.step} steps in {t1 - t0:.0f} s, N-cut {run.history[-1]['ncut']:.3f}"
+        if run.history
+        else f"   {run.step} steps"
+    )
     for d in run.diagnoses:
         print(f"   note: {d.message}")
     print("2/2 segmenting the sample with the fine-tuned model")
-    result = segment(image, out / "labels.tif", model=str(run.checkpoint),
-                     stats=out / "cells.csv", overview=out / "overview.png",
-                     probability_out=out / "probability.tif")
+    result = segment(
+        image,
+        out / "labels.tif",
+        model=str(run.checkpoint),
+        stats=out / "cells.csv",
+        overview=out / "overview.png",
+        probability_out=out / "probability.tif",
+    )
     t2 = time.perf_counter()
     print(f"   {result.n_cells} cells in {t2 - t1:.0f} s (total {t2 - t0:.0f} s)")
     print("outputs:")

@@ -798,7 +798,9 @@ def write_volume(
     return target
 
 
-def _write_tiff(path: Path, data: np.ndarray, vs, compress: bool) -> None:
+def _write_tiff(path: Path, data: Any, vs, compress: bool, shape=None, dtype=None) -> None:
+    """OME-TIFF with physical sizes; ``data`` may be an array or an iterator of z-planes
+    (then ``shape`` and ``dtype`` are required), so large volumes stream page by page."""
     import tifffile
 
     metadata: dict[str, Any] = {"axes": "ZYX"}
@@ -806,13 +808,17 @@ def _write_tiff(path: Path, data: np.ndarray, vs, compress: bool) -> None:
         for ax, size in zip("ZYX", vs, strict=True):
             metadata[f"PhysicalSize{ax}"] = size
             metadata[f"PhysicalSize{ax}Unit"] = "µm"
+    shape = tuple(data.shape) if shape is None else tuple(shape)
+    dtype = np.dtype(data.dtype if dtype is None else dtype)
     tifffile.imwrite(
         path,
         data,
+        shape=None if isinstance(data, np.ndarray) else shape,
+        dtype=None if isinstance(data, np.ndarray) else dtype,
         ome=True,
         metadata=metadata,
         compression="zlib" if compress else None,
-        bigtiff=data.nbytes > 2**31,
+        bigtiff=int(np.prod(shape)) * dtype.itemsize > 2**31,
     )
 
 

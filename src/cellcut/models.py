@@ -115,9 +115,20 @@ def export_model(checkpoint: str | os.PathLike, dest: str | os.PathLike, card: s
     from cellcut.checkpoint import load_checkpoint, save_checkpoint
 
     data = load_checkpoint(checkpoint)
-    keep = ("config", "architecture", "model", "step", "elapsed_s", "intensity_sigma",
-            "suggested_intensity_sigma", "input_scale", "foreground_classes", "history",
-            "intensity_centres", "images")
+    keep = (
+        "config",
+        "architecture",
+        "model",
+        "step",
+        "elapsed_s",
+        "intensity_sigma",
+        "suggested_intensity_sigma",
+        "input_scale",
+        "foreground_classes",
+        "history",
+        "intensity_centres",
+        "images",
+    )
     slim = {k: data[k] for k in keep if k in data}
     slim["model"] = {k: v.clone() for k, v in slim["model"].items()}
     target = Path(dest)

@@ -81,10 +81,18 @@ def label_moments(labels: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> dict
     Arrays are indexed by label (0 = background); ``offset`` shifts the coordinates.
     """
     n = int(labels.max()) + 1
-    out = {"count": np.zeros(n), "sum_z": np.zeros(n), "sum_y": np.zeros(n), "sum_x": np.zeros(n),
-           "min_z": np.full(n, np.inf), "min_y": np.full(n, np.inf), "min_x": np.full(n, np.inf),
-           "max_z": np.full(n, -np.inf), "max_y": np.full(n, -np.inf),
-           "max_x": np.full(n, -np.inf)}
+    out = {
+        "count": np.zeros(n),
+        "sum_z": np.zeros(n),
+        "sum_y": np.zeros(n),
+        "sum_x": np.zeros(n),
+        "min_z": np.full(n, np.inf),
+        "min_y": np.full(n, np.inf),
+        "min_x": np.full(n, np.inf),
+        "max_z": np.full(n, -np.inf),
+        "max_y": np.full(n, -np.inf),
+        "max_x": np.full(n, -np.inf),
+    }
     ny, nx = labels.shape[1:]
     yy = np.broadcast_to(np.arange(ny)[:, None] + offset[1], (ny, nx)).ravel()
     xx = np.broadcast_to(np.arange(nx)[None, :] + offset[2], (ny, nx)).ravel()
@@ -553,27 +561,10 @@ def _write(location, data, voxel_size, overwrite: bool) -> Path:
             if voxel_size:
                 dst.attrs["voxel_size_um"] = list(voxel_size)
         elif name.endswith((".tif", ".tiff")):
-            import tifffile
+            from cellcut.io import _write_tiff
 
-            def pages():
-                for z in range(data.shape[0]):
-                    yield np.asarray(data[z])
-
-            metadata: dict[str, Any] = {"axes": "ZYX"}
-            if voxel_size:
-                for ax, size in zip("ZYX", voxel_size, strict=True):
-                    metadata[f"PhysicalSize{ax}"] = size
-                    metadata[f"PhysicalSize{ax}Unit"] = "µm"
-            tifffile.imwrite(
-                tmp,
-                pages(),
-                shape=data.shape,
-                dtype=data.dtype,
-                ome=True,
-                metadata=metadata,
-                compression="zlib",
-                bigtiff=bool(np.prod(data.shape) * data.dtype.itemsize > 2**31),
-            )
+            pages = (np.asarray(data[z]) for z in range(data.shape[0]))
+            _write_tiff(tmp, pages, voxel_size, True, shape=data.shape, dtype=data.dtype)
         else:
             import h5py
 

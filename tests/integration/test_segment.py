@@ -155,3 +155,25 @@ def test_model_with_mismatched_classes_is_refused(tmp_path, trained):
     torch.save(data, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="K=2"):
         load_model(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("suffix", ["tif", "zarr", "h5"])
+def test_out_of_core_outputs_match_in_memory(tmp_path, trained, suffix):
+    from cellcut.io import read_volume
+
+    model, folder = trained
+    ref = segment(folder / "img.tif", None, model=model, window=32, block=16)
+    out = tmp_path / f"labels.{suffix}"
+    segment(
+        folder / "img.tif",
+        out,
+        model=model,
+        window=32,
+        block=16,
+        keep_in_memory=False,
+        probability_out=tmp_path / f"prob.{suffix}",
+    )
+    np.testing.assert_array_equal(read_volume(out, validate=False).numpy(), ref.labels)
+    np.testing.assert_allclose(
+        read_volume(tmp_path / f"prob.{suffix}").numpy(), ref.probability, atol=1e-6
+    )

@@ -40,7 +40,9 @@ def check_layer(layer, what: str = "image") -> str | None:
     if layer is None:
         return f"no {what} layer selected: open or choose a 3D {what} first"
     if np.asarray(layer.data.shape).size != 3 or getattr(layer, "rgb", False):
-        return f"layer '{layer.name}' is {len(layer.data.shape)}D: cellcut needs a 3D (z, y, x) stack"
+        return (
+            f"layer '{layer.name}' is {len(layer.data.shape)}D: cellcut needs a 3D (z, y, x) stack"
+        )
     return None
 
 
@@ -97,8 +99,9 @@ class _LossPlot(QWidget):
         rec = [r["rec_ratio"] for r in self.records]
         self.ax.plot(steps, rec, label="reconstruction / flat image")
         if any(r.get("val_ncut") not in (None, "") for r in self.records):
-            self.ax.plot(steps, [r.get("val_ncut") or np.nan for r in self.records],
-                         label="validation N-cut")
+            self.ax.plot(
+                steps, [r.get("val_ncut") or np.nan for r in self.records], label="validation N-cut"
+            )
         self.ax.set_xlabel("step")
         self.ax.legend(fontsize=7)
         self.canvas.draw_idle()
@@ -113,34 +116,51 @@ class TrainWidget(QWidget):
         self.images = mw.Select(label="images", choices=self._image_names)
         self.n_classes = mw.SpinBox(label="classes (K)", value=2, min=2, max=16)
         self.patch = mw.SpinBox(label="patch size", value=64, min=16, max=256, step=16)
-        self.limit = mw.ComboBox(label="stop after", choices=["minutes", "steps", "epochs"],
-                                 value="minutes")
+        self.limit = mw.ComboBox(
+            label="stop after", choices=["minutes", "steps", "epochs"], value="minutes"
+        )
         self.amount = mw.FloatSpinBox(label="amount", value=5.0, min=0.05, max=100000)
-        self.lr = mw.FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0,
-                                  step=1e-4)
+        self.lr = mw.FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
         self.ncut_weight = mw.FloatSpinBox(label="N-cut weight", value=0.5, min=0, max=100)
-        self.rec_weight = mw.FloatSpinBox(label="reconstruction weight", value=0.5, min=0,
-                                          max=100)
+        self.rec_weight = mw.FloatSpinBox(label="reconstruction weight", value=0.5, min=0, max=100)
         self.rec_kind = mw.ComboBox(label="reconstruction", choices=["mse", "bce"], value="mse")
-        self.intensity_weight = mw.FloatSpinBox(label="class-intensity weight", value=1.0,
-                                                min=0, max=100)
-        self.normalization = mw.ComboBox(label="normalization",
-                                         choices=["percentile", "remap", "none"],
-                                         value="percentile")
+        self.intensity_weight = mw.FloatSpinBox(
+            label="class-intensity weight", value=1.0, min=0, max=100
+        )
+        self.normalization = mw.ComboBox(
+            label="normalization", choices=["percentile", "remap", "none"], value="percentile"
+        )
         self.sigma = mw.LineEdit(label="σ_I", value="auto")
         self.suggest = mw.PushButton(text="suggest σ_I from the image")
         self.spatial_sigma = mw.FloatSpinBox(label="σ_X (voxels)", value=4.0, min=0.5, max=50)
-        self.pretrained = mw.ComboBox(label="start from", choices=["default model", "scratch",
-                                                                   "file"], value="default model")
+        self.pretrained = mw.ComboBox(
+            label="start from", choices=["default model", "scratch", "file"], value="default model"
+        )
         self.pretrained_file = mw.FileEdit(label="model file", mode="r", filter="*.pt")
-        self.out = mw.FileEdit(label="run folder", mode="d",
-                               value=str(Path(tempfile.gettempdir()) / "cellcut-run"))
-        self.form = mw.Container(widgets=[
-            self.images, self.n_classes, self.patch, self.limit, self.amount, self.lr,
-            self.ncut_weight, self.rec_weight, self.rec_kind, self.intensity_weight,
-            self.normalization, self.sigma, self.suggest, self.spatial_sigma, self.pretrained,
-            self.pretrained_file, self.out,
-        ])
+        self.out = mw.FileEdit(
+            label="run folder", mode="d", value=str(Path(tempfile.gettempdir()) / "cellcut-run")
+        )
+        self.form = mw.Container(
+            widgets=[
+                self.images,
+                self.n_classes,
+                self.patch,
+                self.limit,
+                self.amount,
+                self.lr,
+                self.ncut_weight,
+                self.rec_weight,
+                self.rec_kind,
+                self.intensity_weight,
+                self.normalization,
+                self.sigma,
+                self.suggest,
+                self.spatial_sigma,
+                self.pretrained,
+                self.pretrained_file,
+                self.out,
+            ]
+        )
         self.start_button = QPushButton("Start training")
         self.stop_button = QPushButton("Stop (keeps the last checkpoint)")
         self.stop_button.setEnabled(False)
@@ -150,8 +170,15 @@ class TrainWidget(QWidget):
         self.messages = QTextEdit()
         self.messages.setReadOnly(True)
         layout = QVBoxLayout(self)
-        for w in (self.form.native, self.start_button, self.stop_button, self.progress,
-                  self.status, self.plot, self.messages):
+        for w in (
+            self.form.native,
+            self.start_button,
+            self.stop_button,
+            self.progress,
+            self.status,
+            self.plot,
+            self.messages,
+        ):
             layout.addWidget(w)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.request_stop)
@@ -184,15 +211,19 @@ class TrainWidget(QWidget):
 
         s = suggest_intensity_sigma(np.asarray(layers[0].data), self.normalization.value)
         self.sigma.value = f"{s.intensity_sigma:.3g}"
-        show_info(f"σ_I {s.intensity_sigma:.3g}: background {s.background_mean:.3g}, "
-                  f"cells {s.foreground_mean:.3g}, noise {s.noise:.3g}")
+        show_info(
+            f"σ_I {s.intensity_sigma:.3g}: background {s.background_mean:.3g}, "
+            f"cells {s.foreground_mean:.3g}, noise {s.noise:.3g}"
+        )
 
     def settings(self) -> list[str]:
         sigma = self.sigma.value.strip() or "auto"
         stop = {"minutes": "stop.minutes", "steps": "stop.steps", "epochs": "stop.epochs"}
         amount = self.amount.value if self.limit.value == "minutes" else int(self.amount.value)
         overrides = [
-            "stop.minutes=null", "stop.steps=null", "stop.epochs=null",
+            "stop.minutes=null",
+            "stop.steps=null",
+            "stop.epochs=null",
             f"{stop[self.limit.value]}={amount}",
             f"model.n_classes={self.n_classes.value}",
             f"data.patch_size=[{self.patch.value}, {self.patch.value}, {self.patch.value}]",
@@ -204,7 +235,8 @@ class TrainWidget(QWidget):
             f"loss.intensity_weight={self.intensity_weight.value}",
             f"loss.intensity_sigma={sigma}",
             f"loss.spatial_sigma={self.spatial_sigma.value}",
-            "log.progress=false", "log.every=5",
+            "log.progress=false",
+            "log.every=5",
         ]
         return overrides
 
@@ -234,8 +266,11 @@ class TrainWidget(QWidget):
             paths.append(path)
         voxel = tuple(float(v) for v in layers[0].scale[-3:])
         overrides = [*self.settings(), f"data.voxel_size=[{voxel[0]}, {voxel[1]}, {voxel[2]}]"]
-        pretrained = {"default model": "default", "scratch": None,
-                      "file": str(self.pretrained_file.value)}[self.pretrained.value]
+        pretrained = {
+            "default model": "default",
+            "scratch": None,
+            "file": str(self.pretrained_file.value),
+        }[self.pretrained.value]
         self.stop_event.clear()
         self.plot.records.clear()
         self.total = int(self.amount.value) if self.limit.value == "steps" else 0
@@ -246,8 +281,14 @@ class TrainWidget(QWidget):
         def job():
             from cellcut.train import train
 
-            return train(paths, self.out.value, overrides=overrides, from_pretrained=pretrained,
-                         callbacks=[callback], overwrite=True)
+            return train(
+                paths,
+                self.out.value,
+                overrides=overrides,
+                from_pretrained=pretrained,
+                callbacks=[callback],
+                overwrite=True,
+            )
 
         self.worker = create_worker(job)
         self.worker.returned.connect(self._finished)
@@ -271,8 +312,10 @@ class TrainWidget(QWidget):
             if kind == "log":
                 self.plot.add(payload)
                 self.progress.setValue(int(payload["step"]) if self.total else 0)
-                self.status.setText(f"step {payload['step']}: N-cut {payload['ncut']:.4f}, "
-                                    f"reconstruction {payload['reconstruction']:.4g}")
+                self.status.setText(
+                    f"step {payload['step']}: N-cut {payload['ncut']:.4f}, "
+                    f"reconstruction {payload['reconstruction']:.4g}"
+                )
             elif kind == "diagnosis":
                 self.messages.append(payload)
                 show_info(payload)
@@ -305,29 +348,52 @@ class SegmentWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.image = mw.ComboBox(label="image", choices=self._image_names)
-        self.model = mw.ComboBox(label="model", choices=["default model", "file or run folder"],
-                                 value="default model")
+        self.model = mw.ComboBox(
+            label="model", choices=["default model", "file or run folder"], value="default model"
+        )
         self.model_path = mw.FileEdit(label="model path", mode="r")
         self.use_scale = mw.CheckBox(label="voxel size from the layer's scale", value=True)
         self.voxel = mw.TupleEdit(label="voxel size (z, y, x) µm", value=(1.0, 1.0, 1.0))
-        self.method = mw.ComboBox(label="instances",
-                                  choices=["voronoi-otsu", "watershed", "connected", "none"],
-                                  value="voronoi-otsu")
+        self.method = mw.ComboBox(
+            label="instances",
+            choices=["voronoi-otsu", "watershed", "connected", "none"],
+            value="voronoi-otsu",
+        )
         self.spot_sigma = mw.FloatSpinBox(label="spot σ (µm)", value=2.0, min=0.1, max=50)
         self.outline_sigma = mw.FloatSpinBox(label="outline σ (µm)", value=1.0, min=0.1, max=50)
         self.min_volume = mw.FloatSpinBox(label="min volume", value=0.0, min=0, max=1e9)
-        self.form = mw.Container(widgets=[self.image, self.model, self.model_path,
-                                          self.use_scale, self.voxel, self.method,
-                                          self.spot_sigma, self.outline_sigma, self.min_volume])
+        self.form = mw.Container(
+            widgets=[
+                self.image,
+                self.model,
+                self.model_path,
+                self.use_scale,
+                self.voxel,
+                self.method,
+                self.spot_sigma,
+                self.outline_sigma,
+                self.min_volume,
+            ]
+        )
         self.run_button = QPushButton("Segment")
         self.status = QLabel("idle")
         self.table = QTableWidget()
-        self.save_path = mw.FileEdit(label="CSV", mode="w", filter="*.csv",
-                                     value=str(Path(tempfile.gettempdir()) / "cells.csv"))
+        self.save_path = mw.FileEdit(
+            label="CSV",
+            mode="w",
+            filter="*.csv",
+            value=str(Path(tempfile.gettempdir()) / "cells.csv"),
+        )
         self.save_button = QPushButton("Save statistics as CSV")
         layout = QVBoxLayout(self)
-        for w in (self.form.native, self.run_button, self.status, self.table,
-                  self.save_path.native, self.save_button):
+        for w in (
+            self.form.native,
+            self.run_button,
+            self.status,
+            self.table,
+            self.save_path.native,
+            self.save_button,
+        ):
             layout.addWidget(w)
         self.run_button.clicked.connect(self.start)
         self.save_button.clicked.connect(self.save_csv)
@@ -348,17 +414,27 @@ class SegmentWidget(QWidget):
     def start(self) -> None:
         layer = self.layer()
         problem = check_layer(layer)
-        voxel = tuple(float(v) for v in (layer.scale[-3:] if layer is not None and
-                                         self.use_scale.value else self.voxel.value))
+        voxel = tuple(
+            float(v)
+            for v in (
+                layer.scale[-3:] if layer is not None and self.use_scale.value else self.voxel.value
+            )
+        )
         problem = problem or check_voxel_size(voxel)
         if problem:
             show_error(problem)
             return
         model = "default" if self.model.value == "default model" else str(self.model_path.value)
         data = np.asarray(layer.data)
-        kwargs = dict(model=model, voxel_size=voxel, instances=self.method.value,
-                      spot_sigma=self.spot_sigma.value, outline_sigma=self.outline_sigma.value,
-                      min_volume=self.min_volume.value, keep_in_memory=True)
+        kwargs = dict(
+            model=model,
+            voxel_size=voxel,
+            instances=self.method.value,
+            spot_sigma=self.spot_sigma.value,
+            outline_sigma=self.outline_sigma.value,
+            min_volume=self.min_volume.value,
+            keep_in_memory=True,
+        )
 
         def job():
             from cellcut.segment import segment
@@ -377,8 +453,14 @@ class SegmentWidget(QWidget):
         self.result = result
         self.run_button.setEnabled(True)
         name = layer.name
-        self.viewer.add_image(result.probability, name=f"{name} cell probability", scale=voxel,
-                              colormap="magma", blending="additive", opacity=0.6)
+        self.viewer.add_image(
+            result.probability,
+            name=f"{name} cell probability",
+            scale=voxel,
+            colormap="magma",
+            blending="additive",
+            opacity=0.6,
+        )
         self.viewer.add_labels(result.labels, name=f"{name} cells", scale=voxel)
         self.status.setText(f"{result.n_cells} cells")
         self.show_table(result.stats)
@@ -387,11 +469,20 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.run_button.setEnabled(True)
         self.status.setText("failed")
-        show_error(str(error) if isinstance(error, CellcutError) else f"segmentation failed: {error}")
+        show_error(
+            str(error) if isinstance(error, CellcutError) else f"segmentation failed: {error}"
+        )
 
     def show_table(self, rows: list[dict]) -> None:
-        columns = ["id", "centroid_z_um", "centroid_y_um", "centroid_x_um", "volume_um3",
-                   "mean_intensity", "max_intensity"]
+        columns = [
+            "id",
+            "centroid_z_um",
+            "centroid_y_um",
+            "centroid_x_um",
+            "volume_um3",
+            "mean_intensity",
+            "max_intensity",
+        ]
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(rows))
@@ -399,8 +490,11 @@ class SegmentWidget(QWidget):
         for i, row in enumerate(rows):
             for j, key in enumerate(columns):
                 value = row[key]
-                self.table.setItem(i, j, QTableWidgetItem(
-                    f"{value:.4g}" if isinstance(value, float) else str(value)))
+                self.table.setItem(
+                    i,
+                    j,
+                    QTableWidgetItem(f"{value:.4g}" if isinstance(value, float) else str(value)),
+                )
 
     def save_csv(self) -> None:
         if self.result is None:
@@ -458,16 +552,27 @@ class EvaluateWidget(QWidget):
             return
         self.result = evaluate(np.asarray(truth.data), np.asarray(pred.data))
         r = self.result
-        self.summary.setText(f"Dice {r.dice:.4f}, IoU {r.iou:.4f}, truth {r.n_true} objects, "
-                             f"prediction {r.n_pred}; mean F1 {r.mean_f1:.4f}")
+        self.summary.setText(
+            f"Dice {r.dice:.4f}, IoU {r.iou:.4f}, truth {r.n_true} objects, "
+            f"prediction {r.n_pred}; mean F1 {r.mean_f1:.4f}"
+        )
         columns = ["IoU threshold", "TP", "FP", "FN", "precision", "recall", "F1", "PQ"]
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(r.matches))
         self.table.setHorizontalHeaderLabels(columns)
         for i, m in enumerate(r.matches):
-            values = [m.threshold, m.tp, m.fp, m.fn, m.precision, m.recall, m.f1,
-                      m.panoptic_quality]
+            values = [
+                m.threshold,
+                m.tp,
+                m.fp,
+                m.fn,
+                m.precision,
+                m.recall,
+                m.f1,
+                m.panoptic_quality,
+            ]
             for j, v in enumerate(values):
-                self.table.setItem(i, j, QTableWidgetItem(
-                    f"{v:.4f}" if isinstance(v, float) else str(v)))
+                self.table.setItem(
+                    i, j, QTableWidgetItem(f"{v:.4f}" if isinstance(v, float) else str(v))
+                )
