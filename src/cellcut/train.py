@@ -114,17 +114,27 @@ def resolve_device(name: str) -> torch.device:
         ) from e
 
 
-def learning_rate(config: TrainConfig, step: int, total_steps: int | None) -> float:
-    """Scheduled learning rate at ``step`` (1-based): linear warm-up, then constant or cosine."""
+def learning_rate(
+    config: TrainConfig, step: int, total_steps: int | None, time_fraction: float | None = None
+) -> float:
+    """Scheduled learning rate at ``step`` (1-based): linear warm-up, then constant or cosine.
+
+    The cosine follows the further of step/total_steps and the fraction of the time budget
+    used, so a run limited by minutes decays too.
+    """
     base = config.optimizer.lr
     sched = config.schedule
     if sched.warmup_steps and step <= sched.warmup_steps:
         return base * step / sched.warmup_steps
-    if sched.kind == "cosine" and total_steps:
-        span = max(1, total_steps - sched.warmup_steps)
-        progress = min(1.0, (step - sched.warmup_steps) / span)
-        floor = base * sched.min_lr_ratio
-        return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if sched.kind == "cosine":
+        fractions = [f for f in (time_fraction,) if f is not None]
+        if total_steps:
+            span = max(1, total_steps - sched.warmup_steps)
+            fractions.append((step - sched.warmup_steps) / span)
+        if fractions:
+            progress = min(1.0, max(fractions))
+            floor = base * sched.min_lr_ratio
+            return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return base
 
 
@@ -430,8 +440,10 @@ def train(
                 rec["ncut"],
                 rec["reconstruction"],
                 rec["reconstruction"] / max(rec["rec_ratio"], 1e-12),
+                rec.get("val_ncut"),
             )
         monitor.said = set(state.get("said", []))
+        monitor.grad_norms = list(state.get("grad_norms", []))
     logger = _Logger(run_dir, cfg, resume)
     stop = cfg.stop
     total_steps = (
@@ -463,6 +475,7 @@ def train(
             "foreground_classes": run.foreground_classes,
             "history": run.history,
             "said": sorted(monitor.said),
+            "grad_norms": monitor.grad_norms[-100:],
             "images": [str(p) for p in images],
             "val_images": [str(p) for p in val_images] if val_images else [],
             "val_labels": [str(p) for p in val_labels] if val_labels else [],
@@ -536,7 +549,8 @@ def train(
             break
 
         step = run.step + 1
-        lr = learning_rate(cfg, step, total_steps) * lr_scale
+        fraction = elapsed / (stop.minutes * 60) if stop.minutes else None
+        lr = learning_rate(cfg, step, total_steps, fraction) * lr_scale
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = sampler.batch(cfg.data.batch_size).to(device)
@@ -590,7 +604,8 @@ def train(
                 logger.plot(run.history)
             for cb in callbacks:
                 cb.on_log(record)
-            for d in monitor.update(step, ncut, rec, rec / max(record["rec_ratio"], 1e-12)):
+            baseline = rec / max(record["rec_ratio"], 1e-12)
+            for d in monitor.update(step, ncut, rec, baseline, record.get("val_ncut")):
                 say(d)
             contrast = record.get("val_contrast")
             if cfg.log.select_best and contrast is not None and contrast > best[0]:

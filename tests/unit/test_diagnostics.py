@@ -1,0 +1,54 @@
+"""LossMonitor on crafted curves: each diagnosis fires when it should and only then."""
+
+from __future__ import annotations
+
+import math
+
+from cellcut.diagnostics import LossMonitor
+
+
+def feed(monitor, ncuts, rec_ratio=0.2):
+    said = []
+    for i, n in enumerate(ncuts):
+        said += monitor.update(10 * (i + 1), n, rec_ratio, 1.0)
+    return said
+
+
+def test_explosion_on_nan_and_on_gradient_spike_only():
+    m = LossMonitor(5.0, 5.0)
+    assert m.check_step(1, 0.4, 0.1, 1.0, 1e-3) is None
+    d = m.check_step(2, math.nan, 0.1, 1.0, 1e-3)
+    assert d.kind == "exploded" and "NaN" in d.message
+    for i in range(30):
+        assert m.check_step(3 + i, 0.4, 0.1 * (1 + i % 5) * 10, 1.0 + 0.1 * (i % 3), 1e-3) is None
+    spike = m.check_step(40, 0.4, 0.1, 100.0, 1e-3)
+    assert spike.kind == "exploded" and "gradient norm" in spike.message
+
+
+def test_converging_curve_reports_plateau_and_nothing_else():
+    curve = [0.5 - 0.3 * (1 - math.exp(-i / 4)) for i in range(40)]
+    kinds = [d.kind for d in feed(LossMonitor(5.0, 5.0), curve)]
+    assert kinds == ["plateau"]
+
+
+def test_oscillating_curve_is_unstable_and_names_the_suggested_sigma():
+    curve = [0.45 + (0.1 if i % 2 else -0.1) for i in range(30)]
+    said = feed(LossMonitor(12.0, 1.0), curve)
+    assert [d.kind for d in said] == ["unstable"]
+    assert "suggests 12" in said[0].message
+
+
+def test_unstable_with_the_suggested_sigma_already_proposes_another_normalization():
+    said = feed(LossMonitor(5.0, 5.0), [0.49] * 25)
+    assert said and "another normalization" in said[0].message
+
+
+def test_poor_reconstruction_when_ncut_is_fine():
+    curve = [0.5 - 0.2 * (1 - math.exp(-i / 4)) for i in range(30)]
+    said = feed(LossMonitor(5.0, 5.0, "mse"), curve, rec_ratio=0.9)
+    assert "poor_reconstruction" in [d.kind for d in said]
+    message = next(d.message for d in said if d.kind == "poor_reconstruction")
+    assert "BCE with weight 0.5" in message
+    said = feed(LossMonitor(5.0, 5.0, "bce"), curve, rec_ratio=0.9)
+    assert "MSE with a weight near 1" in next(d.message for d in said if d.kind ==
+                                               "poor_reconstruction")
