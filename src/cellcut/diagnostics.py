@@ -129,14 +129,21 @@ class LossMonitor:
                 if spread > 0.05
                 else f"it has not decreased since the start ({first:.3f} -> {recent[-1]:.3f})"
             )
+            same = abs(self.suggested_sigma - self.current_sigma) <= 0.2 * self.current_sigma
+            advice = (
+                "try another normalization (--set data.normalization=percentile, remap, or "
+                "none with an explicit loss.intensity_sigma) or a lower learning rate"
+                if same
+                else f"σ_I is {self.current_sigma:.3g}, the image suggests "
+                f"{self.suggested_sigma:.3g} (--set loss.intensity_sigma="
+                f"{self.suggested_sigma:.3g}), or try --set data.normalization=percentile"
+            )
             out.append(
                 Diagnosis(
                     UNSTABLE,
                     step,
-                    f"step {step}: the N-cut loss is not converging ({why}). The normalization may "
-                    f"not suit this image: σ_I is {self.current_sigma:.3g}, the image suggests "
-                    f"{self.suggested_sigma:.3g} (--set loss.intensity_sigma="
-                    f"{self.suggested_sigma:.3g}), or try --set data.normalization=percentile",
+                    f"step {step}: the N-cut loss is not converging ({why}). The normalization "
+                    f"may not suit this image: {advice}",
                 )
             )
         ratio = float(np.median(self.rec_ratio[-w:]))

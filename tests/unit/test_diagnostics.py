@@ -50,5 +50,6 @@ def test_poor_reconstruction_when_ncut_is_fine():
     message = next(d.message for d in said if d.kind == "poor_reconstruction")
     assert "BCE with weight 0.5" in message
     said = feed(LossMonitor(5.0, 5.0, "bce"), curve, rec_ratio=0.9)
-    assert "MSE with a weight near 1" in next(d.message for d in said if d.kind ==
-                                               "poor_reconstruction")
+    assert "MSE with a weight near 1" in next(
+        d.message for d in said if d.kind == "poor_reconstruction"
+    )
