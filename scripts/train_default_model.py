@@ -37,6 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import tifffile
+    import torch
 
     from cellcut.config import apply_overrides, load_config
     from cellcut.models import export_model
@@ -78,7 +79,7 @@ trained without labels by `scripts/train_default_model.py` with `configs/default
 - AdamW lr 1e-3, cosine schedule with 50 warm-up steps, 64³ patches, batch 1, flips, 90°
   rotations, intensity jitter and noise.
 - {run.step} steps in {last.get('elapsed_s', 0) / 60:.1f} minutes ({run.stopped_by}) on
-  {cfg.device if cfg.device != 'auto' else 'the machine that ran it'}.
+  {cfg.device if cfg.device != "auto" else "the machine that ran it"} ({torch.get_num_threads()} threads, torch {torch.__version__}).
 - Final training losses: N-cut {last.get('ncut', float('nan')):.4f}, reconstruction
   {last.get('reconstruction', float('nan')):.4g}, class intensity
   {last.get('intensity') or float('nan'):.4f}; validation N-cut

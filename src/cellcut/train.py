@@ -364,6 +364,8 @@ def train(
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     cfg.save(run_dir / "config.yaml")
+    if not resume:
+        (run_dir / "diagnostics.txt").unlink(missing_ok=True)
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
