@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from cellcut.napari_plugin.io import mesospim_sample
     from cellcut.napari_plugin.widgets import SegmentWidget
 
