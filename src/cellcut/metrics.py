@@ -43,13 +43,16 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"ground truth shape {a.shape} differs from prediction shape {b.shape}")
 
 
-def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU of every (true, predicted) object pair that overlaps.
+def iou_pairs(truth: np.ndarray, pred: np.ndarray) -> tuple[sparse.csr_matrix, int, int]:
+    """IoU of every overlapping (true, predicted) object pair, as a sparse matrix.
+
+    Rows are the true objects and columns the predicted ones, both numbered by rank of their
+    label value; only overlapping pairs are stored, so volumes with tens of thousands of
+    objects need memory proportional to the overlaps, not to n_true × n_pred.
 
     Returns
     -------
-    matrix, truth_ids, pred_ids
-        ``matrix[i, j]`` is the IoU of ``truth_ids[i]`` and ``pred_ids[j]`` (0 where disjoint).
+    matrix, n_true, n_pred
     """
     t = np.asarray(truth).ravel()
     p = np.asarray(pred).ravel()
@@ -57,19 +60,27 @@ def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"ground truth has {t.size} voxels, prediction {p.size}")
     t_ids, t_inv = np.unique(t, return_inverse=True)
     p_ids, p_inv = np.unique(p, return_inverse=True)
-    counts = sparse.coo_matrix(
-        (np.ones(t.size, dtype=np.int64), (t_inv, p_inv)), shape=(len(t_ids), len(p_ids))
+    t_sizes = np.bincount(t_inv, minlength=len(t_ids)).astype(np.float64)
+    p_sizes = np.bincount(p_inv, minlength=len(p_ids)).astype(np.float64)
+    both = (t != 0) & (p != 0)
+    inter = sparse.coo_matrix(
+        (np.ones(int(both.sum())), (t_inv[both], p_inv[both])), shape=(len(t_ids), len(p_ids))
     ).tocsr()
-    dense = counts.toarray()
-    t_keep = t_ids != 0
-    p_keep = p_ids != 0
-    sizes_t = dense.sum(1)[t_keep]
-    sizes_p = dense.sum(0)[p_keep]
-    inter = dense[np.ix_(t_keep, p_keep)].astype(np.float64)
-    union = sizes_t[:, None] + sizes_p[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        matrix = np.where(union > 0, inter / union, 0.0)
-    return matrix, t_ids[t_keep], p_ids[p_keep]
+    inter.sum_duplicates()
+    coo = inter.tocoo()
+    union = t_sizes[coo.row] + p_sizes[coo.col] - coo.data
+    matrix = sparse.csr_matrix((coo.data / union, (coo.row, coo.col)), shape=inter.shape)
+    t_keep = np.flatnonzero(t_ids != 0)
+    p_keep = np.flatnonzero(p_ids != 0)
+    return matrix[t_keep][:, p_keep].tocsr(), len(t_keep), len(p_keep)
+
+
+def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense IoU matrix with the object ids (for small label images and inspection)."""
+    matrix, _, _ = iou_pairs(truth, pred)
+    t_ids = np.unique(np.asarray(truth))
+    p_ids = np.unique(np.asarray(pred))
+    return matrix.toarray(), t_ids[t_ids != 0], p_ids[p_ids != 0]
 
 
 @dataclass
@@ -87,19 +98,44 @@ class MatchResult:
     panoptic_quality: float
 
 
-def _match(matrix: np.ndarray, threshold: float) -> tuple[int, float]:
-    """Number of pairs with IoU ≥ threshold in an optimal one-to-one assignment, and Σ IoU."""
-    if matrix.size == 0:
-        return 0, 0.0
-    ok = matrix >= threshold
-    if threshold > 0.5:
-        # above 0.5 an object can overlap at most one other that much: the pairs are unique
-        return int(ok.sum()), float(matrix[ok].sum())
-    n = max(matrix.shape)
-    cost = -(ok.astype(np.float64)) - matrix / (2.0 * n)
-    rows, cols = linear_sum_assignment(cost)
-    hit = ok[rows, cols]
-    return int(hit.sum()), float(matrix[rows, cols][hit].sum())
+def _match(matrix: sparse.csr_matrix, threshold: float) -> tuple[int, float]:
+    """Pairs with IoU ≥ threshold in an optimal one-to-one assignment, and their Σ IoU.
+
+    Above 0.5 an object can overlap at most one other that much, so the pairs are unique.
+    Otherwise an assignment is solved per connected group of overlapping objects.
+    """
+    m = matrix.tocoo()
+    ok = m.data >= threshold
+    if threshold > 0.5 or not ok.any():
+        return int(ok.sum()), float(m.data[ok].sum())
+    from scipy.sparse.csgraph import connected_components
+
+    n_t, n_p = matrix.shape
+    edges = sparse.coo_matrix(
+        (np.ones(int(ok.sum())), (m.row[ok], n_t + m.col[ok])), shape=(n_t + n_p, n_t + n_p)
+    )
+    _, component = connected_components(edges, directed=False)
+    rows, cols, vals = m.row[ok], m.col[ok], m.data[ok]
+    comp = component[rows]
+    sizes = np.bincount(comp, minlength=component.max() + 1)
+    single = sizes[comp] == 1  # one overlapping pair: matched as it is
+    tp, total = int(single.sum()), float(vals[single].sum())
+    order = np.argsort(comp[~single], kind="stable")
+    r_all, c_all, v_all = rows[~single][order], cols[~single][order], vals[~single][order]
+    _, starts = np.unique(comp[~single][order], return_index=True)
+    bounds = [*starts[1:], len(order)] if len(starts) else []
+    for a, b in zip(starts, bounds, strict=True):
+        r, k = np.unique(r_all[a:b], return_inverse=True)
+        q, j = np.unique(c_all[a:b], return_inverse=True)
+        block = np.zeros((len(r), len(q)))
+        block[k, j] = v_all[a:b]
+        n = max(block.shape)
+        cost = -(block >= threshold).astype(np.float64) - block / (2.0 * n)
+        ri, ci = linear_sum_assignment(cost)
+        hit = block[ri, ci] >= threshold
+        tp += int(hit.sum())
+        total += float(block[ri, ci][hit].sum())
+    return tp, total
 
 
 def match_instances(
@@ -107,8 +143,7 @@ def match_instances(
 ) -> list[MatchResult]:
     """Match instance label images at each IoU threshold (see module docstring)."""
     _check_same_shape(np.asarray(truth), np.asarray(pred))
-    matrix, t_ids, p_ids = iou_matrix(truth, pred)
-    n_true, n_pred = len(t_ids), len(p_ids)
+    matrix, n_true, n_pred = iou_pairs(truth, pred)
     results = []
     for th in thresholds:
         tp, iou_sum = _match(matrix, th)
