@@ -99,10 +99,12 @@ def test_bad_input_is_a_notification(viewer, errors):
     seg.image.value = "flat"
     seg.start()
     assert "2D" in errors[-1]
-    viewer.add_image(np.random.default_rng(0).random((8, 16, 16)), name="vol", scale=(0, 1, 1))
+    viewer.add_image(np.random.default_rng(0).random((8, 16, 16)), name="vol")
     seg.image.value = "vol"
+    seg.use_scale.value = False
+    seg.voxel.value = (1.0, 0.0, 1.0)
     seg.start()
-    assert "voxel size" in errors[-1]
+    assert "voxel size" in errors[-1] and "positive" in errors[-1]
     EvaluateWidget(viewer).evaluate()
     assert "no labels layer selected" in errors[-1]
 
