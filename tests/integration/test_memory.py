@@ -1,0 +1,76 @@
+"""Peak memory of segmentation depends on block and window sizes, not on the volume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, torch
+    from cellcut.checkpoint import load_model
+    from cellcut.segment import segment
+    torch.set_num_threads(2)
+    model = load_model(sys.argv[2])
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak()
+    segment(sys.argv[1], sys.argv[3], model=model, window=32, block=64,
+            instances="connected", keep_in_memory=False)
+    print(json.dumps({"before_mb": before, "after_mb": peak()}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
+    import zarr
+
+    from cellcut.checkpoint import save_checkpoint
+    from cellcut.model import WNet3D
+
+    shape = (128, 512, 512)  # 128 MB as float32, 1 GB as int64 labels: far above the bound
+    image = zarr.create_array(
+        str(tmp_path / "big.zarr"), shape=shape, dtype="float32", chunks=(64, 128, 128)
+    )
+    rng = np.random.default_rng(0)
+    slab = rng.random((16, 512, 512), dtype=np.float32)
+    for z in range(0, shape[0], 16):
+        image[z : z + 16] = slab
+    model = WNet3D(base_width=2, depth=1)
+    save_checkpoint(
+        tmp_path / "tiny.pt",
+        {
+            "architecture": model.arch.__dict__,
+            "model": model.state_dict(),
+            "config": {"data": {"normalization": "percentile"}},
+            "foreground_classes": [1],
+            "input_scale": 100.0,
+        },
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(tmp_path / "big.zarr"),
+            str(tmp_path / "tiny.pt"),
+            str(tmp_path / "labels.zarr"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = result["after_mb"] - result["before_mb"]
+    volume_mb = np.prod(shape) * 4 / 2**20
+    # a block of 64³ plus its halo (32 µm -> 32 voxels each side) is 128³: ~8 MB per float32
+    # copy; the bound allows many such copies, yet stays below one copy of the volume
+    assert growth < 0.75 * volume_mb, result
+    assert (tmp_path / "labels.zarr").exists()
