@@ -299,12 +299,14 @@ def _prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def _suggest_sigma(volumes: Sequence[TrainingVolume]) -> float:
+def _intensity_sample(volumes: Sequence[TrainingVolume]) -> np.ndarray:
+    """Every 8th voxel (2 per axis) of the training regions, normalized, as one array."""
+    return np.concatenate([v.data[v.train_region].numpy()[::2, ::2, ::2].ravel() for v in volumes])
+
+
+def _suggest_sigma(sample: np.ndarray) -> float:
     from cellcut.normalize import suggest_intensity_sigma
 
-    sample = np.concatenate(
-        [v.data[v.train_region].numpy()[::2, ::2, ::2].ravel() for v in volumes]
-    )
     # the volumes are normalized already: suggest on their values as they are
     return suggest_intensity_sigma(sample.reshape(1, 1, -1), "none").intensity_sigma
 
@@ -371,7 +373,8 @@ def train(
     random.seed(cfg.seed)
     device = resolve_device(cfg.device)
     volumes = load_volumes(images, cfg.data)
-    suggested = _suggest_sigma(volumes)
+    intensity_values = _intensity_sample(volumes)  # for σ_I and the class centres
+    suggested = _suggest_sigma(intensity_values)
     # The network sees intensities on a 0..1 scale whatever the N-cut's units are.
     input_scale = (
         100.0
@@ -403,10 +406,7 @@ def train(
     anisotropy = tuple(v / min(voxel_size) for v in voxel_size) if voxel_size else None
     intensity_term = None
     if cfg.loss.intensity_weight > 0:
-        sample = np.concatenate(
-            [v.data[v.train_region].numpy()[::2, ::2, ::2].ravel() for v in volumes]
-        )
-        centres = initial_centres(sample, model.n_classes)
+        centres = initial_centres(intensity_values, model.n_classes)
         if state is not None and state.get("intensity_centres") is not None:
             centres = np.asarray(state["intensity_centres"])
         intensity_term = ClassIntensityLoss(centres, cfg.loss.intensity_momentum)
