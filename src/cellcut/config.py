@@ -67,7 +67,23 @@ class LossConfig(_Section):
     intensity_weight: float = Field(
         1.0, ge=0, description="weight of the class-intensity term (losses.intensity)"
     )
-    intensity_momentum: float = Field(0.01, ge=0, le=1)
+    intensity_momentum: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "share of each batch's class means in the centres' moving average; default 0.01, "
+            "and 0 (centres held) when they come from the starting model"
+        ),
+    )
+    intensity_centres: Literal["auto", "otsu", "model"] = Field(
+        "auto",
+        description=(
+            "initial class intensities: 'otsu' (multi-Otsu on the training volumes), 'model' "
+            "(the starting model's own soft class means on them), 'auto' = 'model' when "
+            "fine-tuning, else 'otsu'"
+        ),
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> LossConfig:

@@ -304,6 +304,48 @@ def _intensity_sample(volumes: Sequence[TrainingVolume]) -> np.ndarray:
     return np.concatenate([v.data[v.train_region].numpy()[::2, ::2, ::2].ravel() for v in volumes])
 
 
+def model_centres(
+    model: WNet3D,
+    volumes: Sequence[TrainingVolume],
+    cfg: TrainConfig,
+    input_scale: float,
+    device: torch.device,
+    fallback: np.ndarray,
+    n_patches: int = 8,
+) -> np.ndarray:
+    """Soft mean intensity of each of ``model``'s classes on fixed patches of ``volumes``.
+
+    Where a class holds almost no mass (under 0.1% of the voxels) its ``fallback`` centre is
+    kept. Used to start fine-tuning with the class-intensity term agreeing with the model.
+    """
+    plain = cfg.augment.model_copy(
+        update={
+            "flips": False,
+            "rotations": False,
+            "intensity_scale": 0.0,
+            "intensity_shift": 0.0,
+            "noise": 0.0,
+        }
+    )
+    patches = PatchSampler(
+        volumes, cfg.data.patch_size, plain, cfg.data.foreground_bias, seed=cfg.seed + 11
+    ).batch(n_patches)
+    was_training = model.training
+    model.eval()
+    mass = torch.zeros(model.n_classes, dtype=torch.float64)
+    total = torch.zeros(model.n_classes, dtype=torch.float64)
+    with torch.inference_mode():
+        for x in patches.split(2):
+            p = model.encode(x.to(device) / input_scale).float().cpu()
+            mass += p.sum((0, 2, 3, 4)).double()
+            total += (p * x).sum((0, 2, 3, 4)).double()
+    model.train(was_training)
+    centres = np.asarray(fallback, dtype=np.float64).copy()
+    ok = (mass > 1e-3 * patches[:, 0].numel()).numpy()
+    centres[ok] = (total / mass.clamp_min(1e-12)).numpy()[ok]
+    return centres
+
+
 def _suggest_sigma(sample: np.ndarray) -> float:
     from cellcut.normalize import suggest_intensity_sigma
 
@@ -407,9 +449,21 @@ def train(
     intensity_term = None
     if cfg.loss.intensity_weight > 0:
         centres = initial_centres(intensity_values, model.n_classes)
+        how = cfg.loss.intensity_centres
+        from_model = how == "model" or (how == "auto" and from_pretrained is not None)
+        momentum = cfg.loss.intensity_momentum
+        if momentum is None:
+            momentum = 0.0 if from_model else 0.01
+        if from_model and state is None:
+            # Fine-tuning keeps the starting model's classes: their brightness on the new data,
+            # held fixed. Following the batch means instead drifts towards the 2-means split of
+            # the histogram, which on sparse nuclei keeps only their bright cores (measured on
+            # the embryo: Dice 0.87 -> 0.68 in 3 minutes with momentum 0.01, 0.84-0.88 held).
+            centres = model_centres(model, volumes, cfg, input_scale, device, fallback=centres)
         if state is not None and state.get("intensity_centres") is not None:
             centres = np.asarray(state["intensity_centres"])
-        intensity_term = ClassIntensityLoss(centres, cfg.loss.intensity_momentum)
+            momentum = float(state.get("intensity_momentum", momentum))
+        intensity_term = ClassIntensityLoss(centres, momentum)
     loss_fn = WNetLoss(
         SoftNCutLoss(sigma_i, cfg.loss.spatial_sigma, cfg.loss.radius, anisotropy, cfg.loss.method),
         ReconstructionLoss(cfg.loss.reconstruction),
@@ -472,6 +526,7 @@ def train(
             "intensity_centres": (
                 intensity_term.centres.tolist() if intensity_term is not None else None
             ),
+            "intensity_momentum": (intensity_term.momentum if intensity_term is not None else None),
             "best_contrast": best[0],
             "suggested_intensity_sigma": suggested,
             "foreground_classes": run.foreground_classes,

@@ -237,3 +237,74 @@ def test_callback_can_stop_training(tmp_path, volume_file):
     run = train([img], tmp_path / "run", config(stop={"steps": 100}), callbacks=[cb])
     assert run.stopped_by == "stop requested" and run.step == 4
     assert load_checkpoint(run.checkpoint)["step"] == 4
+
+
+class _ThresholdModel(torch.nn.Module):
+    """Class 1 where the network input exceeds ``t`` (a stand-in for a pretrained encoder)."""
+
+    n_classes = 2
+
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+
+    def encode(self, x):
+        fg = (x > self.t).float()
+        return torch.cat([1 - fg, fg], 1)
+
+
+def test_model_centres_are_the_soft_class_means(volume_file):
+    from cellcut.data import load_volumes
+    from cellcut.train import model_centres
+
+    img, _ = volume_file
+    cfg = config()
+    volumes = load_volumes([img], cfg.data)
+    model = _ThresholdModel(0.3)  # the network sees the image / 100
+    got = model_centres(model, volumes, cfg, 100.0, torch.device("cpu"), fallback=np.zeros(2))
+    data = volumes[0].data.numpy()
+    # patches are crops of the volume: the means match the whole volume's to sampling error
+    assert got[0] == pytest.approx(data[data <= 30].mean(), abs=3.0)
+    assert got[1] == pytest.approx(data[data > 30].mean(), abs=6.0)
+    assert got[0] < 30 < got[1]
+    # a class without mass keeps its fallback centre
+    empty = model_centres(
+        _ThresholdModel(10.0), volumes, cfg, 100.0, torch.device("cpu"), fallback=np.array([1, 7])
+    )
+    assert empty[1] == 7
+
+
+def test_fine_tuning_holds_the_starting_models_class_centres(tmp_path, volume_file):
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 6}))
+    base_state = load_checkpoint(base.checkpoint)
+    assert base_state["intensity_momentum"] == 0.01
+    tuned = train(
+        [img], tmp_path / "tuned", config(stop={"steps": 6}), from_pretrained=base.checkpoint
+    )
+    state = load_checkpoint(tuned.checkpoint)
+    assert state["intensity_momentum"] == 0.0
+    from cellcut.data import load_volumes
+    from cellcut.train import model_centres
+
+    cfg = config()
+    start = model_centres(
+        base.model, load_volumes([img], cfg.data), cfg, 100.0, torch.device("cpu"), np.zeros(2)
+    )
+    np.testing.assert_allclose(state["intensity_centres"], start, rtol=1e-6)
+    # asked for explicitly, Otsu centres that follow the batches
+    otsu = train(
+        [img],
+        tmp_path / "otsu",
+        config(stop={"steps": 6}, loss={"intensity_centres": "otsu"}),
+        from_pretrained=base.checkpoint,
+    )
+    assert load_checkpoint(otsu.checkpoint)["intensity_momentum"] == 0.01
+    # a resumed fine-tuning run keeps its held centres
+    part = train(
+        [img], tmp_path / "part", config(stop={"steps": 4}), from_pretrained=base.checkpoint
+    )
+    resumed = train([], part.run_dir, resume=True, overrides=["stop.steps=6"])
+    end = load_checkpoint(resumed.checkpoint)
+    assert end["intensity_momentum"] == 0.0
+    np.testing.assert_allclose(end["intensity_centres"], state["intensity_centres"], rtol=1e-6)
