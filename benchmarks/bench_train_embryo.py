@@ -163,7 +163,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--snapshots", type=float, nargs="+", default=[0.5, 1, 2, 3, 5])
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument(
+        "--replot", action="store_true", help="redraw the plot from the last results JSON"
+    )
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads((harness.RESULTS / "train_embryo.json").read_text())["results"]
+        return plot(curves_from_results(saved), saved, harness.ROOT / "docs/quality_vs_minutes.png")
     if args.case:
         kind = args.case[0]
         if kind == "train":
@@ -288,7 +294,8 @@ def main() -> None:
             from_pretrained=pretrained,
         )
         print(f"{tag}: {run.step} steps in {time.perf_counter() - t0:.0f} s", flush=True)
-        curves[tag] = []
+        zero_shot = results.get("cellcut default model, zero-shot", {})
+        curves[tag] = [(0.0, zero_shot)] if pretrained and "dice" in zero_shot else []
         for m in snaps:
             path = folder / f"{tag.replace(' ', '_')}_{m:g}.pt"
             if m == args.minutes or not path.exists():
@@ -349,6 +356,19 @@ def main() -> None:
     plot(curves, results, harness.ROOT / "docs" / "quality_vs_minutes.png")
 
 
+def curves_from_results(results: dict) -> dict[str, list]:
+    """The per-side curves again from the names in a results JSON (for ``--replot``)."""
+    curves: dict[str, list] = {}
+    for name, r in results.items():
+        if " after " in name and name.endswith(" min") and "dice" in r:
+            side, minutes = name.rsplit(" after ", 1)
+            curves.setdefault(side, []).append((float(minutes[:-4]), r))
+    zero_shot = results.get("cellcut default model, zero-shot", {})
+    if "cellcut finetune" in curves and "dice" in zero_shot:
+        curves["cellcut finetune"].append((0.0, zero_shot))
+    return {side: sorted(points, key=lambda p: p[0]) for side, points in curves.items()}
+
+
 def plot(curves, results, path: Path) -> None:
     import matplotlib
 
@@ -366,7 +386,7 @@ def plot(curves, results, path: Path) -> None:
         ):
             if name in results:
                 ax.axhline(results[name][metric], ls=style[1:], color="k", label=name)
-        ax.set_xlabel("training minutes (2 CPU threads)")
+        ax.set_xlabel("training minutes (2 CPU threads); fine-tuning starts from zero-shot")
         ax.set_ylabel({"dice": "foreground Dice", "f1_50": "instance F1 at IoU 0.5"}[metric])
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
