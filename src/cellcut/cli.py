@@ -107,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="per-cell CSV (a .summary.json goes beside it)")
     p.add_argument("--probability", help="also write the foreground probability here")
     p.add_argument("--overview", help="overview PNG (default: OUT's name + _overview.png)")
-    p.add_argument("--spot-sigma", type=float, default=2.0, help="Voronoi-Otsu, µm")
+    p.add_argument(
+        "--spot-sigma",
+        type=_float_or_auto,
+        default="auto",
+        help="Voronoi-Otsu seed blur, µm, or 'auto' (half the median nucleus radius)",
+    )
     p.add_argument("--outline-sigma", type=float, default=1.0, help="Voronoi-Otsu, µm")
     p.add_argument("--min-distance", type=float, default=2.0, help="watershed, µm")
     p.add_argument("--min-volume", type=float, default=0.0, help="µm³ (voxels if no size)")
@@ -286,6 +291,11 @@ def _segment(args: argparse.Namespace) -> int:
     )
     if args.instances != "none":
         print(f"cells:       {result.n_cells}")
+    if result.summary.get("median_object_radius") is not None:
+        print(
+            f"spot sigma:  {result.summary['spot_sigma']:.3g} (auto: half the median object "
+            f"radius, {result.summary['median_object_radius']:.3g})"
+        )
     print(f"labels:      {result.labels_path}")
     if result.probability_path:
         print(f"probability: {result.probability_path}")
@@ -293,6 +303,18 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"statistics:  {result.stats_path}")
     print(f"overview:    {result.overview_path}")
     return 0
+
+
+def _float_or_auto(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', got {text!r}")
+    return value
 
 
 def _sibling_png(location: str, tag: str) -> str:

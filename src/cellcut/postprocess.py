@@ -14,6 +14,13 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
 ``connected``
     Connected components of the mask (26-connectivity).
 
+``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
+radius: the median, over the mask's connected components, of the largest inscribed sphere's
+radius (the maximum of the physical distance transform; touching nuclei merged in the mask still
+give one nucleus' radius). A fixed blur suits only one size: on embryo nuclei (radius ≈ 8 µm)
+2 µm split the 8-cell volume into fragments (F1@0.5 0.08, auto 0.82) while 4 µm merged
+neighbours on synthetic nuclei of radius 3–5 µm (F1 0.32, auto 0.79).
+
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
 removed and the labels renumbered 1..n.
 """
@@ -53,9 +60,51 @@ def _local_maxima(
     return markers
 
 
+SPOT_RADIUS_FRACTION = 0.5  # spot sigma = this × the median inscribed radius
+DEFAULT_SPOT_SIGMA = 2.0  # µm, when there is nothing to measure
+
+
+def object_radii(
+    mask: np.ndarray,
+    voxel_size: Sequence[float] | None = None,
+    *,
+    min_voxels: int = 8,
+    open_faces: Sequence[tuple[int, int]] = (),
+) -> np.ndarray:
+    """Largest inscribed radius of each connected component of ``mask`` (µm, else voxels).
+
+    Components under ``min_voxels`` are skipped, as are those touching any of ``open_faces``
+    ((axis, 0 or -1) pairs: faces where the mask is a crop of a larger volume, so the object
+    and its distance transform are cut).
+    """
+    m = np.asarray(mask, dtype=bool)
+    labels, n = ndi.label(m, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return np.zeros(0)
+    index = np.arange(1, n + 1)
+    dist = ndi.distance_transform_edt(m, sampling=voxel_size)
+    radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
+    keep = np.asarray(ndi.sum(m, labels, index)) >= min_voxels
+    for axis, end in open_faces:
+        touching = np.unique(np.take(labels, end, axis=axis))
+        keep[touching[touching > 0] - 1] = False
+    return radii[keep]
+
+
+def auto_spot_sigma(
+    radii: np.ndarray, voxel_size: Sequence[float] | None = None
+) -> tuple[float, float | None]:
+    """(spot sigma, median radius) from :func:`object_radii`; the default when none."""
+    if len(radii) == 0:
+        return DEFAULT_SPOT_SIGMA, None
+    radius = float(np.median(radii))
+    floor = 0.5 * min(voxel_size) if voxel_size else 0.5
+    return max(SPOT_RADIUS_FRACTION * radius, floor), radius
+
+
 def voronoi_otsu(
     image: np.ndarray,
-    spot_sigma: float = 2.0,
+    spot_sigma: float | Literal["auto"] = "auto",
     outline_sigma: float = 1.0,
     voxel_size: Sequence[float] | None = None,
     probability: bool = False,
@@ -66,6 +115,8 @@ def voronoi_otsu(
     img = np.asarray(image, dtype=np.float32)
     outline = ndi.gaussian_filter(img, _sigma_voxels(outline_sigma, voxel_size))
     mask = outline > threshold(outline, probability)
+    if spot_sigma == "auto":
+        spot_sigma, _ = auto_spot_sigma(object_radii(mask, voxel_size), voxel_size)
     spots = ndi.gaussian_filter(img, _sigma_voxels(spot_sigma, voxel_size))
     markers = _local_maxima(spots, mask, [1, 1, 1])
     return watershed(-spots, markers, mask=mask).astype(np.int32)
@@ -121,7 +172,7 @@ def instances(
     *,
     voxel_size: Sequence[float] | None = None,
     probability: bool = True,
-    spot_sigma: float = 2.0,
+    spot_sigma: float | Literal["auto"] = "auto",
     outline_sigma: float = 1.0,
     min_distance: float = 2.0,
     min_volume: float = 0.0,
@@ -140,7 +191,8 @@ def instances(
     probability
         Threshold at 0.5 (True) or by Otsu (False).
     spot_sigma, outline_sigma
-        Voronoi-Otsu's blurs for seeds and for the outline.
+        Voronoi-Otsu's blurs for seeds and for the outline; ``spot_sigma="auto"``: half the
+        median inscribed radius of the mask's components (see the module docstring).
     min_distance
         Watershed: minimum distance between seeds.
     min_volume, max_volume

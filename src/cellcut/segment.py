@@ -184,6 +184,11 @@ def label_blocks(
     """
     shape = tuple(int(s) for s in probability.shape)
     blocks = list(_blocks(shape, block))
+    if method == "voronoi-otsu" and kwargs.get("spot_sigma", "auto") == "auto":
+        # one blur for every block, or block and one-piece labelling would differ
+        kwargs["spot_sigma"], _ = estimate_spot_sigma(
+            probability, voxel_size, kwargs.get("outline_sigma", 1.0)
+        )
     next_id = 1
     for i, core in enumerate(blocks):
         outer = _grow(core, halo, shape)
@@ -219,6 +224,42 @@ def label_blocks(
         if progress is not None:
             progress("instances", i + 1, len(blocks))
     return next_id - 1
+
+
+def estimate_spot_sigma(
+    probability: Any,
+    voxel_size: Sequence[float] | None,
+    outline_sigma: float = 1.0,
+    window: int = 160,
+    max_windows: int = 8,
+) -> tuple[float, float | None]:
+    """Voronoi-Otsu's ``spot_sigma="auto"`` for a whole (possibly out-of-core) volume.
+
+    Reads up to ``max_windows`` windows of ``window``³ voxels spread over the volume (the whole
+    volume when it is smaller), measures the inscribed radius of every object not cut by a
+    window face (:func:`cellcut.postprocess.object_radii`) and returns (spot sigma, median
+    radius). The windows depend only on the volume's shape, so every block of a block-wise
+    labelling, whatever the block size, uses the same blur.
+    """
+    from scipy import ndimage as ndi
+
+    from cellcut.postprocess import _sigma_voxels, auto_spot_sigma, object_radii
+
+    shape = tuple(int(s) for s in probability.shape)
+    tiles = list(_blocks(shape, [min(window, s) for s in shape]))
+    picks = np.linspace(0, len(tiles) - 1, min(max_windows, len(tiles))).round().astype(int)
+    radii = []
+    for sl in [tiles[i] for i in sorted(set(picks.tolist()))]:
+        prob = np.asarray(probability[sl], dtype=np.float32)
+        mask = ndi.gaussian_filter(prob, _sigma_voxels(outline_sigma, voxel_size)) > 0.5
+        faces = [
+            (ax, end)
+            for ax, part in enumerate(sl)
+            for end, inner in ((0, part.start > 0), (-1, part.stop < shape[ax]))
+            if inner
+        ]
+        radii.append(object_radii(mask, voxel_size, open_faces=faces))
+    return auto_spot_sigma(np.concatenate(radii), voxel_size)
 
 
 def cell_statistics(
@@ -361,7 +402,7 @@ def segment(
     probability_out: str | os.PathLike | None = None,
     overview: str | os.PathLike | None = None,
     overwrite: bool = False,
-    spot_sigma: float = 2.0,
+    spot_sigma: float | str = "auto",
     outline_sigma: float = 1.0,
     min_distance: float = 2.0,
     min_volume: float = 0.0,
@@ -388,6 +429,10 @@ def segment(
     window, overlap, block, halo, batch_size
         Sliding-window and block sizes (voxels); ``halo`` for instances (default: 32 µm
         worth of voxels, at least a window).
+    spot_sigma, outline_sigma, min_distance, min_volume, max_volume
+        Instance options (:func:`cellcut.postprocess.instances`); ``spot_sigma="auto"`` is
+        measured once for the whole volume (:func:`estimate_spot_sigma`) and written to the
+        summary.
     stats, probability_out, overview
         Optional outputs: per-cell CSV (a ``.summary.json`` is written beside it), the
         foreground probability volume, and an overview PNG.
@@ -399,6 +444,12 @@ def segment(
             "invalid option",
             f"unknown instance method {instances!r}",
             f"use one of {', '.join((*INSTANCE_METHODS, 'none'))}",
+        )
+    if spot_sigma != "auto" and not (isinstance(spot_sigma, (int, float)) and spot_sigma > 0):
+        raise VolumeError(
+            "invalid option",
+            f"spot_sigma must be a positive number or 'auto', got {spot_sigma!r}",
+            "give it in µm (voxels when there is no voxel size), or 'auto'",
         )
     if isinstance(image, Volume):
         vol = image
@@ -455,6 +506,9 @@ def segment(
             else:
                 halo_t = _triple(halo)
             labels = _array(work / "labels.zarr", shape, np.int32, blk, in_memory)
+            radius = None
+            if instances == "voronoi-otsu" and spot_sigma == "auto":
+                spot_sigma, radius = estimate_spot_sigma(prob, vs, outline_sigma)
             n_cells = label_blocks(
                 prob,
                 labels,
@@ -475,6 +529,10 @@ def segment(
                 labels[core] = (np.asarray(prob[core]) > 0.5).astype(np.uint8)
         if instances != "none":
             rows, summary = cell_statistics(labels, vol.data, vs, blk)
+            summary["instances"] = instances
+            if instances == "voronoi-otsu":
+                summary["spot_sigma"] = float(spot_sigma)
+                summary["median_object_radius"] = radius
         out_path = _write(out, labels, vs, overwrite) if out is not None else None
         prob_path = (
             _write(probability_out, prob, vs, overwrite) if probability_out is not None else None

@@ -72,6 +72,14 @@ def test_segment_writes_labels_stats_and_overview(tmp_path, trained):
     summary = json.loads((tmp_path / "cells.summary.json").read_text())
     assert summary["cells"] == result.n_cells and summary["units"] == "µm"
     np.testing.assert_array_equal(result.labels, labels)
+    # the automatic seed blur is measured once and said; a fixed one is used as given
+    assert summary["spot_sigma"] > 0 and summary["instances"] == "voronoi-otsu"
+    if summary["median_object_radius"] is not None:
+        assert summary["spot_sigma"] == pytest.approx(
+            max(0.5 * summary["median_object_radius"], 0.5)
+        )
+    fixed = segment(folder / "img.tif", None, model=model, window=32, spot_sigma=3.0)
+    assert fixed.summary["spot_sigma"] == 3.0 and fixed.summary["median_object_radius"] is None
 
 
 def test_statistics_hand_checked():
@@ -142,6 +150,12 @@ def test_bad_inputs(tmp_path, trained, capsys):
     assert code == 2 and "not a 3D volume" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="does not exist"):
         segment(folder / "img.tif", None, model=tmp_path / "nope.pt")
+    with pytest.raises(VolumeError, match="spot_sigma must be a positive number or 'auto'"):
+        segment(folder / "img.tif", None, model=model, spot_sigma=-1.0)
+    for bad in ("-2", "big"):
+        with pytest.raises(SystemExit):
+            main(["segment", str(folder / "img.tif"), "--out", "x.tif", "--spot-sigma", bad])
+        assert "positive number or 'auto'" in capsys.readouterr().err
 
 
 def test_model_with_mismatched_classes_is_refused(tmp_path, trained):

@@ -359,7 +359,10 @@ class SegmentWidget(QWidget):
             choices=["voronoi-otsu", "watershed", "connected", "none"],
             value="voronoi-otsu",
         )
+        self.spot_auto = mw.CheckBox(label="spot σ from the nuclei's size", value=True)
         self.spot_sigma = mw.FloatSpinBox(label="spot σ (µm)", value=2.0, min=0.1, max=50)
+        self.spot_sigma.enabled = False
+        self.spot_auto.changed.connect(lambda v: setattr(self.spot_sigma, "enabled", not v))
         self.outline_sigma = mw.FloatSpinBox(label="outline σ (µm)", value=1.0, min=0.1, max=50)
         self.min_volume = mw.FloatSpinBox(label="min volume", value=0.0, min=0, max=1e9)
         self.form = mw.Container(
@@ -370,6 +373,7 @@ class SegmentWidget(QWidget):
                 self.use_scale,
                 self.voxel,
                 self.method,
+                self.spot_auto,
                 self.spot_sigma,
                 self.outline_sigma,
                 self.min_volume,
@@ -430,7 +434,7 @@ class SegmentWidget(QWidget):
             model=model,
             voxel_size=voxel,
             instances=self.method.value,
-            spot_sigma=self.spot_sigma.value,
+            spot_sigma="auto" if self.spot_auto.value else self.spot_sigma.value,
             outline_sigma=self.outline_sigma.value,
             min_volume=self.min_volume.value,
             keep_in_memory=True,
@@ -462,7 +466,10 @@ class SegmentWidget(QWidget):
             opacity=0.6,
         )
         self.viewer.add_labels(result.labels, name=f"{name} cells", scale=voxel)
-        self.status.setText(f"{result.n_cells} cells")
+        spot = result.summary.get("spot_sigma")
+        self.status.setText(
+            f"{result.n_cells} cells" + (f" (spot σ {spot:.3g} µm)" if spot is not None else "")
+        )
         self.show_table(result.stats)
 
     def _failed(self, error: Exception) -> None:
