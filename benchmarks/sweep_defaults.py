@@ -120,14 +120,11 @@ def datasets(name: str, folder: Path):
 
 def score(run, pairs, voxel_size) -> dict:
     import numpy as np
-    import torch
 
     from cellcut.infer import sliding_window
     from cellcut.io import read_volume
-    from cellcut.metrics import evaluate
     from cellcut.normalize import fit_normalization
-    from cellcut.postprocess import instances
-    from cellcut.train import choose_foreground_classes, foreground_probability
+    from cellcut.segment import score_class_probabilities
 
     model = run.model.eval()
     scale = 100.0
@@ -141,12 +138,8 @@ def score(run, pairs, voxel_size) -> dict:
             model.n_classes,
             window=run.config.data.patch_size,
         )
-        t = torch.from_numpy(probs)[None]
-        classes = choose_foreground_classes(t, torch.from_numpy(img)[None, None])
-        fg = foreground_probability(t, classes)[0, 0].numpy()
-        labels = instances(fg, "voronoi-otsu", voxel_size=voxel_size, probability=True)
         gt = read_volume(lp, validate=False).numpy()
-        ev = evaluate(gt, labels, thresholds=(0.5,))
+        ev, fg = score_class_probabilities(probs, img, gt, voxel_size)
         out.append(
             {
                 "dice": ev.dice,

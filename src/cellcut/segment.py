@@ -262,6 +262,34 @@ def estimate_spot_sigma(
     return auto_spot_sigma(np.concatenate(radii), voxel_size)
 
 
+def score_class_probabilities(
+    probs: np.ndarray,
+    image: np.ndarray,
+    labels: np.ndarray,
+    voxel_size: Sequence[float] | None = None,
+    spot_sigma: float | str = "auto",
+):
+    """Score a W-Net's class probabilities against ground-truth labels, the way they are used.
+
+    The cell classes are picked by brightness on ``image``
+    (:func:`cellcut.train.choose_foreground_classes`), their summed probability is split into
+    instances by Voronoi-Otsu, and the result is compared with ``labels``
+    (:func:`cellcut.metrics.evaluate`, IoU thresholds 0.5 only). ``probs``: (K, z, y, x).
+    Returns the :class:`~cellcut.metrics.Evaluation` and the foreground probability.
+    """
+    from cellcut.metrics import evaluate
+    from cellcut.train import choose_foreground_classes, foreground_probability
+
+    t = torch.as_tensor(np.asarray(probs, dtype=np.float32))[None]
+    img = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]
+    classes = choose_foreground_classes(t, img)
+    fg = foreground_probability(t, classes)[0, 0].numpy()
+    pred = label_instances(
+        fg, "voronoi-otsu", voxel_size=voxel_size, probability=True, spot_sigma=spot_sigma
+    )
+    return evaluate(labels, pred, thresholds=(0.5,)), fg
+
+
 def cell_statistics(
     labels: Any,
     image: Any,

@@ -780,8 +780,7 @@ def segment_and_score(
 ) -> tuple[float, float]:
     """Segment a labelled volume with the model as it is; return (Dice, F1 at IoU 0.5)."""
     from cellcut.infer import sliding_window
-    from cellcut.metrics import evaluate
-    from cellcut.postprocess import instances
+    from cellcut.segment import score_class_probabilities
 
     probs = sliding_window(
         item.image,
@@ -791,11 +790,7 @@ def segment_and_score(
         overlap=0.25,
         device=device,
     )
-    t = torch.from_numpy(probs)[None]
-    classes = choose_foreground_classes(t, torch.from_numpy(item.image)[None, None])
-    fg = foreground_probability(t, classes)[0, 0].numpy()
-    labels = instances(fg, "voronoi-otsu", voxel_size=item.voxel_size, probability=True)
-    ev = evaluate(item.labels, labels, thresholds=(0.5,))
+    ev, _ = score_class_probabilities(probs, item.image, item.labels, item.voxel_size)
     return ev.dice, ev.f1_50
 
 
