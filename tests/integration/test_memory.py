@@ -6,28 +6,47 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys, torch
+    import json, sys, torch
     from cellcut.checkpoint import load_model
     from cellcut.segment import segment
     torch.set_num_threads(2)
     model = load_model(sys.argv[2])
-    def peak():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    before = peak()
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+    # the peak of segment() itself: reset the high-water mark, which otherwise still holds
+    # the imports' peak and hides anything below it
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
     segment(sys.argv[1], sys.argv[3], model=model, window=32, block=64,
             instances="connected", keep_in_memory=False)
-    print(json.dumps({"before_mb": before, "after_mb": peak()}))
+    print(json.dumps({"before_mb": before, "after_mb": status("VmHWM")}))
     """
 )
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "known defect: measured from a reset high-water mark, segment() grows peak RSS by "
+        "~220-280 MB on this 128 MB volume (176 MB at 32 MB, 299 MB at 256 MB): ~170 MB fixed "
+        "plus ~0.5x the volume, retained after prediction and labelling; cause not found yet. "
+        "The earlier version of this test measured against the imports' peak and passed."
+    ),
+)
 def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
     import zarr
 
