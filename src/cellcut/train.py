@@ -304,6 +304,24 @@ def _intensity_sample(volumes: Sequence[TrainingVolume]) -> np.ndarray:
     return np.concatenate([v.data[v.train_region].numpy()[::2, ::2, ::2].ravel() for v in volumes])
 
 
+def fixed_patches(
+    volumes: Sequence[TrainingVolume], cfg: TrainConfig, n: int, seed: int
+) -> torch.Tensor:
+    """``n`` patches drawn like training ones (same size and foreground bias), unaugmented."""
+    plain = cfg.augment.model_copy(
+        update={
+            "flips": False,
+            "rotations": False,
+            "intensity_scale": 0.0,
+            "intensity_shift": 0.0,
+            "noise": 0.0,
+        }
+    )
+    return PatchSampler(
+        volumes, cfg.data.patch_size, plain, cfg.data.foreground_bias, seed=seed
+    ).batch(n)
+
+
 def model_centres(
     model: WNet3D,
     volumes: Sequence[TrainingVolume],
@@ -318,18 +336,7 @@ def model_centres(
     Where a class holds almost no mass (under 0.1% of the voxels) its ``fallback`` centre is
     kept. Used to start fine-tuning with the class-intensity term agreeing with the model.
     """
-    plain = cfg.augment.model_copy(
-        update={
-            "flips": False,
-            "rotations": False,
-            "intensity_scale": 0.0,
-            "intensity_shift": 0.0,
-            "noise": 0.0,
-        }
-    )
-    patches = PatchSampler(
-        volumes, cfg.data.patch_size, plain, cfg.data.foreground_bias, seed=cfg.seed + 11
-    ).batch(n_patches)
+    patches = fixed_patches(volumes, cfg, n_patches, seed=cfg.seed + 11)
     was_training = model.training
     model.eval()
     mass = torch.zeros(model.n_classes, dtype=torch.float64)
@@ -550,23 +557,7 @@ def train(
 
     # patches on which the cell classes are decided: the validation ones, else fixed samples
     reference_patches = (
-        val_batch
-        if val_batch is not None
-        else PatchSampler(
-            volumes,
-            cfg.data.patch_size,
-            cfg.augment.model_copy(
-                update={
-                    "flips": False,
-                    "rotations": False,
-                    "intensity_scale": 0.0,
-                    "intensity_shift": 0.0,
-                    "noise": 0.0,
-                }
-            ),
-            cfg.data.foreground_bias,
-            seed=cfg.seed + 7,
-        ).batch(2)
+        val_batch if val_batch is not None else fixed_patches(volumes, cfg, 2, seed=cfg.seed + 7)
     )
 
     def decide_foreground() -> list[int]:
