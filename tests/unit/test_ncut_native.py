@@ -149,3 +149,60 @@ def test_native_checks_its_buffers():
             x, np.zeros(16, np.float32), np.zeros(16, np.float32), x.copy(),
             np.zeros(4), (2, 2, 2), offsets, np.ones(1, np.float32).tobytes(), 1.0, 1, 1e-6,
         )  # fmt: skip
+
+
+def test_buffer_pool_reuses_memory_only_after_every_user_is_gone():
+    import gc
+
+    pool = ncut_module._BufferPool(max_bytes=2**22, min_bytes=1024)
+    first = pool.empty((64, 64), torch.float32)
+    address = first.data_ptr()
+    second = pool.empty((64, 64), torch.float32)
+    assert second.data_ptr() != address  # first is alive: never handed out twice
+    view = first[10:20]
+    del first
+    gc.collect()
+    third = pool.empty((64, 64), torch.float32)
+    assert third.data_ptr() != address  # a view still uses the block
+    del view
+    gc.collect()
+    assert pool.empty((64, 64), torch.float32).data_ptr() == address  # now it comes back
+    small = pool.empty((4,), torch.float32)
+    assert small.shape == (4,) and small.dtype == torch.float32  # below min_bytes: plain
+
+
+def test_buffer_pool_keeps_at_most_max_bytes():
+    import gc
+
+    pool = ncut_module._BufferPool(max_bytes=3 * 4096, min_bytes=1024)
+    tensors = [pool.empty((1024,), torch.float32) for _ in range(5)]
+    del tensors
+    gc.collect()
+    assert pool._held == 3 * 4096
+    pool.clear()
+    assert pool._held == 0
+
+
+@needs_native
+def test_gradient_kept_by_the_caller_survives_later_calls():
+    g = torch.Generator().manual_seed(9)
+    image = torch.rand(1, 1, 40, 40, 40, generator=g) * 100
+    loss = SoftNCutLoss(5.0, 2.0, radius=2.0, method="native")
+    p1 = torch.softmax(torch.randn(1, 2, 40, 40, 40, generator=g), 1).requires_grad_()
+    loss(p1, image).backward()
+    kept = p1.grad
+    expected = kept.clone()
+    for _ in range(3):
+        p2 = torch.softmax(torch.randn(1, 2, 40, 40, 40, generator=g), 1).requires_grad_()
+        loss(p2, image).backward()
+        assert p2.grad.data_ptr() != kept.data_ptr()
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+    # and a graph kept for a second backward gives the same gradient twice
+    p3 = p1.detach().clone().requires_grad_()
+    value = loss(p3, image)
+    value.backward(retain_graph=True)
+    once = p3.grad.clone()
+    p3.grad = None
+    value.backward()
+    torch.testing.assert_close(p3.grad, once, rtol=0, atol=0)
+    torch.testing.assert_close(once, expected, rtol=1e-6, atol=0)

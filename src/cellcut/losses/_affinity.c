@@ -162,7 +162,8 @@ accumulate_chunk(const problem_t *pb, Py_ssize_t z0, Py_ssize_t z1, float *restr
  *   2. it initialises its chunks (A = p, d = 1: the zero offset);
  *   3. all threads accumulate the even chunks, then 4. the odd ones (chunks are at least as thick
  *      as the ball's z reach, so chunks of one parity never write the same voxel);
- *   5. each thread completes its chunks (A_K = d - Σ A_k) and sums N_k, D_k over them.
+ *   5. each thread sums N_k, D_k over its chunks (A_K = d - Σ A_k where the classes sum to
+ *      one, formed on the fly: the last channel of assoc is then left unwritten).
  */
 
 typedef struct {
@@ -279,30 +280,31 @@ static void work(shared_t *sh, int id)
         barrier_wait(sh);
     }
 
-    /* 5. the last class, and the sums */
+    /* 5. the sums; the last class's association, d - Σ_{k<K} A_k, is formed on the fly */
     double *sums = sh->partial + id * 2 * K;
     for (Py_ssize_t c = 0; c < 2 * K; c++) sums[c] = 0.0;
     for (Py_ssize_t m = id; m < sh->n_chunks; m += T) {
         chunk_range(sh, m, &z0, &z1);
         const Py_ssize_t v0 = z0 * plane, v1 = z1 * plane;
-        if (complete) {
-            float *last = pb->a + (K - 1) * V;
-            memcpy(last + v0, pb->d + v0, sizeof(float) * (size_t)(v1 - v0));
-            for (Py_ssize_t c = 0; c < K - 1; c++) {
-                const float *ac = pb->a + c * V;
-                CELLCUT_SIMD
-                for (Py_ssize_t v = v0; v < v1; v++) last[v] -= ac[v];
-            }
-        }
+        const float *d = pb->d;
         for (Py_ssize_t c = 0; c < K; c++) {
-            const float *pc = pb->p + c * V, *ac = pb->a + c * V, *d = pb->d;
+            const float *pc = pb->p + c * V, *ac = pb->a + c * V;
             double num = 0.0, den = 0.0;
+            if (c < C) {
 #if defined(__GNUC__) || defined(__clang__)
 #pragma omp simd reduction(+ : num, den)
 #endif
-            for (Py_ssize_t v = v0; v < v1; v++) {
-                num += (double)pc[v] * ac[v];
-                den += (double)pc[v] * d[v];
+                for (Py_ssize_t v = v0; v < v1; v++) {
+                    num += (double)pc[v] * ac[v];
+                    den += (double)pc[v] * d[v];
+                }
+            } else {
+                for (Py_ssize_t v = v0; v < v1; v++) {
+                    float last = d[v];
+                    for (Py_ssize_t k = 0; k < C; k++) last -= pb->a[k * V + v];
+                    num += (double)pc[v] * last;
+                    den += (double)pc[v] * d[v];
+                }
             }
             sums[c] += num;
             sums[K + c] += den;
@@ -399,8 +401,9 @@ PyDoc_STRVAR(ncut_terms_doc,
              "float32 (K, V), assoc float32 (K, V) out, degree float32 (V,) out, sums float64 "
              "(2, K) out (N_k then D_k), shape (nz, ny, nx), offsets int32 (n, 3) of the half "
              "ball (δz >= 0), weights float32 (n,). Where every voxel's classes sum to one "
-             "within tol, the last class's association is taken as degree minus the others' "
-             "(one channel less to filter). Returns whether that shortcut was taken.");
+             "within tol, the last class's association is degree minus the others' and is not "
+             "written (one channel less to filter and to store). Returns whether that shortcut "
+             "was taken.");
 
 static PyObject *ncut_terms(PyObject *self, PyObject *args)
 {
@@ -468,8 +471,112 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * The gradient: ∂J/∂p_k = ca_k A_k + cd_k d, with A_K = d - Σ_{k<K} A_k when only K-1 classes
+ * were stored. Split over threads by ranges of voxels.
+ */
+
+typedef struct {
+    const float *a, *d;
+    const double *ca, *cd;
+    float *g;
+    Py_ssize_t K, C, V, v0, v1;
+} grad_job_t;
+
+static void *grad_range(void *arg)
+{
+    const grad_job_t *j = arg;
+    const Py_ssize_t K = j->K, C = j->C, V = j->V, v0 = j->v0, v1 = j->v1;
+    const float *d = j->d;
+    for (Py_ssize_t c = 0; c < C; c++) {
+        const float ca = (float)j->ca[c], cd = (float)j->cd[c];
+        const float *ac = j->a + c * V;
+        float *gc = j->g + c * V;
+        CELLCUT_SIMD
+        for (Py_ssize_t v = v0; v < v1; v++) gc[v] = ca * ac[v] + cd * d[v];
+    }
+    if (C < K) { /* last = d - Σ a_c:  g = ca (d - Σ a_c) + cd d = (ca + cd) d - ca Σ a_c */
+        const float ca = (float)j->ca[K - 1], cd = (float)j->cd[K - 1];
+        float *gl = j->g + (K - 1) * V;
+        CELLCUT_SIMD
+        for (Py_ssize_t v = v0; v < v1; v++) gl[v] = (ca + cd) * d[v];
+        for (Py_ssize_t c = 0; c < C; c++) {
+            const float *ac = j->a + c * V;
+            CELLCUT_SIMD
+            for (Py_ssize_t v = v0; v < v1; v++) gl[v] -= ca * ac[v];
+        }
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(ncut_grad_doc,
+             "ncut_grad(assoc, degree, coef_assoc, coef_degree, grad, threads)\n\n"
+             "grad_k = coef_assoc[k] * A_k + coef_degree[k] * degree for one sample. assoc holds "
+             "C = K or K-1 float32 channels of V values (with K-1, A_K = degree - Σ A_k); "
+             "coef_* are float64 (K,); grad is float32 (K, V), written.");
+
+static PyObject *ncut_grad(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer assoc, degree, ca, cd, grad;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*i", &assoc, &degree, &ca, &cd, &grad, &threads))
+        return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t V = degree.len / (Py_ssize_t)sizeof(float);
+    const Py_ssize_t K = ca.len / (Py_ssize_t)sizeof(double);
+    const Py_ssize_t C = V > 0 ? assoc.len / ((Py_ssize_t)sizeof(float) * V) : 0;
+    if (V < 1 || K < 2 || (C != K && C != K - 1)) {
+        PyErr_SetString(PyExc_ValueError, "assoc must hold K or K-1 channels of degree's size");
+        goto done;
+    }
+    if (check_buffer(&assoc, sizeof(float), C * V, "assoc") ||
+        check_buffer(&cd, sizeof(double), K, "coef_degree") ||
+        check_buffer(&grad, sizeof(float), K * V, "grad"))
+        goto done;
+#ifdef CELLCUT_NO_PTHREAD
+    threads = 1;
+#endif
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (V < 65536) threads = 1; /* not worth a thread */
+    grad_job_t jobs[MAX_THREADS];
+    Py_BEGIN_ALLOW_THREADS;
+    const Py_ssize_t step = (V + threads - 1) / threads;
+    for (int t = 0; t < threads; t++) {
+        const Py_ssize_t v0 = t * step < V ? t * step : V;
+        const Py_ssize_t v1 = v0 + step < V ? v0 + step : V;
+        jobs[t] = (grad_job_t){assoc.buf, degree.buf, ca.buf, cd.buf, grad.buf, K, C, V, v0, v1};
+    }
+#ifndef CELLCUT_NO_PTHREAD
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&ids[t], NULL, grad_range, &jobs[t]) == 0;
+    grad_range(&jobs[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            grad_range(&jobs[t]);
+    }
+#else
+    grad_range(&jobs[0]);
+#endif
+    Py_END_ALLOW_THREADS;
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&assoc);
+    PyBuffer_Release(&degree);
+    PyBuffer_Release(&ca);
+    PyBuffer_Release(&cd);
+    PyBuffer_Release(&grad);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"ncut_terms", ncut_terms, METH_VARARGS, ncut_terms_doc},
+    {"ncut_grad", ncut_grad, METH_VARARGS, ncut_grad_doc},
     {NULL, NULL, 0, NULL},
 };
 

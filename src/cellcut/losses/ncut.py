@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -353,23 +355,77 @@ def _native_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return (1, 1, shape[0])
 
 
+class _BufferPool:
+    """Large CPU buffers handed out as tensors and taken back when the tensor's memory dies.
+
+    A fresh multi-megabyte allocation is mapped from the kernel and faults in page by page
+    (~1 µs per 4 kB page here); at 64³ that was as long as the whole compiled loss. The loss'
+    few large tensors (A, d and the gradient) are drawn from here instead. Ownership is exact:
+    each tensor is made with ``torch.from_numpy`` on a fresh array view of a pooled block, and
+    the block returns to the pool only when that view is freed, i.e. when the last tensor using
+    the memory is gone. At most ``max_bytes`` of free blocks are kept (:meth:`clear` drops them).
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20, min_bytes: int = 2**18) -> None:
+        self.max_bytes, self.min_bytes = max_bytes, min_bytes
+        self._free: dict[int, list] = {}
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+        import numpy as np
+
+        np_dtype = np.dtype({torch.float32: "float32", torch.float64: "float64"}[dtype])
+        nbytes = math.prod(shape) * np_dtype.itemsize
+        if nbytes < self.min_bytes:
+            return torch.empty(tuple(shape), dtype=dtype)
+        with self._lock:
+            blocks = self._free.get(nbytes)
+            block = blocks.pop() if blocks else None
+            if block is not None:
+                self._held -= nbytes
+        if block is None:
+            block = np.empty(nbytes, dtype=np.uint8)
+        view = block.view(np_dtype).reshape(tuple(shape))
+        weakref.finalize(view, self._give_back, block)
+        return torch.from_numpy(view)
+
+    def _give_back(self, block) -> None:
+        with self._lock:
+            if self._held + block.nbytes <= self.max_bytes:
+                self._free.setdefault(block.nbytes, []).append(block)
+                self._held += block.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._held = 0
+
+
+_POOL = _BufferPool()
+
+
 def native_terms(
     probs: Tensor, image: Tensor, intensity_sigma: float, kernel: SpatialKernel
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(A, d, N, D) of every sample by the compiled loop; see :func:`loop_terms`."""
+    """(A, d, N, D) of every sample by the compiled loop; see :func:`loop_terms`.
+
+    Where the classes sum to one, A holds only the first K-1 classes (A_K = d - Σ A_k, which
+    :func:`native_gradient` knows): the last channel is never filtered nor stored.
+    """
     if NATIVE is None:
         raise RuntimeError("the compiled soft N-cut loop (cellcut.losses._affinity) is not built")
     n, k = probs.shape[:2]
     shape = tuple(probs.shape[2:])
     p = probs.detach().contiguous()
     x = image.detach().contiguous()
-    a = torch.empty_like(p)
-    d = torch.empty_like(x)
+    a = _POOL.empty(p.shape, torch.float32)  # an unwritten last channel is never touched
+    d = _POOL.empty(x.shape, torch.float32)
     sums = torch.empty(n, 2, k, dtype=torch.float64)
     offsets, weights = _native_offsets(kernel, len(shape))
     tol = 16 * k * torch.finfo(torch.float32).eps
     threads = torch.get_num_threads()
-    for b in range(n):
+    complete = [
         NATIVE.ncut_terms(
             x[b].numpy(),
             p[b].numpy(),
@@ -383,7 +439,32 @@ def native_terms(
             threads,
             tol,
         )
+        for b in range(n)
+    ]
+    if all(complete):
+        a = a[:, : k - 1]
+    else:  # mixed batch (rare): write the last class where it was left out
+        for b in range(n):
+            if complete[b]:
+                torch.sub(d[b, 0], a[b, : k - 1].sum(0), out=a[b, k - 1])
     return a, d, sums[:, 0], sums[:, 1]
+
+
+def native_gradient(a: Tensor, d: Tensor, coef_a: Tensor, coef_d: Tensor) -> Tensor:
+    """coef_a[:, k] · A_k + coef_d[:, k] · d by the compiled code (A as from native_terms)."""
+    n, k = coef_a.shape
+    grad = _POOL.empty((n, k, *d.shape[2:]), torch.float32)
+    threads = torch.get_num_threads()
+    for b in range(n):
+        NATIVE.ncut_grad(
+            a[b].numpy(),
+            d[b].numpy(),
+            coef_a[b].contiguous().numpy(),
+            coef_d[b].contiguous().numpy(),
+            grad[b].numpy(),
+            threads,
+        )
+    return grad
 
 
 def loop_terms(probs: Tensor, image: Tensor, apply_w) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -411,24 +492,27 @@ def loop_terms(probs: Tensor, image: Tensor, apply_w) -> tuple[Tensor, Tensor, T
 
 class _SoftNCutFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, probs: Tensor, image: Tensor, terms, eps: float):  # type: ignore[override]
+    def forward(ctx, probs: Tensor, image: Tensor, terms, native: bool, eps: float):  # type: ignore[override]
         a, d, num, den = terms(probs, image)
         den = den.clamp_min(eps)
         per_sample = 1.0 - (num / den).mean(1)
         ctx.save_for_backward(a, d, num, den)
+        ctx.native = native
         return per_sample.to(probs.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         a, d, num, den = ctx.saved_tensors
-        k = a.shape[1]
-        view = (*num.shape, *([1] * (a.ndim - 2)))
+        k = num.shape[1]
         g = grad_out.double().view(-1, 1) / k
         # ∂J/∂p_k = -(1/K) (2 A_k / D_k - N_k d / D_k²), scaled by the incoming gradient
-        coef_a = (-2.0 * g / den).to(a.dtype).view(view)
-        coef_d = (g * num / den**2).to(a.dtype).view(view)
-        grad = a * coef_a  # one new tensor: fresh allocations cost page faults at this size
-        return grad.addcmul_(d, coef_d), None, None, None
+        coef_a = -2.0 * g / den
+        coef_d = g * num / den**2
+        if ctx.native:
+            return native_gradient(a, d, coef_a, coef_d), None, None, None, None
+        view = (*num.shape, *([1] * (a.ndim - 2)))
+        grad = a * coef_a.to(a.dtype).view(view)  # one new tensor (page faults at this size)
+        return grad.addcmul_(d, coef_d.to(a.dtype).view(view)), None, None, None, None
 
 
 class SoftNCutLoss(nn.Module):
@@ -571,7 +655,7 @@ class SoftNCutLoss(nn.Module):
             def terms(p: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
                 return loop_terms(p, x, lambda q, y: affinity_grid(q, y, sigma, kernel))
 
-        per_sample = _SoftNCutFunction.apply(probs, image, terms, self.eps)
+        per_sample = _SoftNCutFunction.apply(probs, image, terms, method == "native", self.eps)
         if self.reduction == "mean":
             return per_sample.mean()
         if self.reduction == "sum":
