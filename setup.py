@@ -2,7 +2,7 @@
 
 ``cellcut.losses._affinity`` is the soft N-cut's offset loop in C. It is optional: where no C
 compiler is found the build goes on without it and the loss runs its PyTorch code instead
-(``cellcut.losses.ncut.NATIVE`` tells which; ``cellcut info`` prints it).
+(``cellcut.losses.ncut.native_status()`` says which; ``cellcut train`` prints a note then).
 """
 
 from setuptools import Extension, setup

@@ -220,6 +220,10 @@ def _train(args: argparse.Namespace) -> int:
         flags["log.progress"] = False
     if flags and not args.resume:
         config = apply_overrides(config, flags)
+    from cellcut.losses.ncut import NATIVE, native_status
+
+    if NATIVE is None:
+        print(f"note: {native_status()}")
     overrides = list(args.overrides)
     if args.resume:
         overrides += [f"{k}={'null' if v is None else v}" for k, v in flags.items()]

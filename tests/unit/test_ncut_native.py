@@ -206,3 +206,17 @@ def test_gradient_kept_by_the_caller_survives_later_calls():
     value.backward()
     torch.testing.assert_close(p3.grad, once, rtol=0, atol=0)
     torch.testing.assert_close(once, expected, rtol=1e-6, atol=0)
+
+
+def test_without_the_compiled_loop_fast_falls_back_and_says_so(monkeypatch):
+    monkeypatch.setattr(ncut_module, "NATIVE", None)
+    monkeypatch.setattr(ncut_module, "_NATIVE_ERROR", "No module named '_affinity'")
+    probs = torch.softmax(torch.randn(1, 2, 10, 10, 10), 1)
+    image = torch.rand(1, 1, 10, 10, 10) * 100
+    loss = SoftNCutLoss(1.0, 4.0, radius=2.0)
+    value = loss(probs, image)
+    assert loss.last_method == "exact" and 0 < value.item() < 1
+    with pytest.raises(ValueError, match=r"method='native' needs the compiled loop \(built: False"):
+        SoftNCutLoss(method="native")(probs, image)
+    status = ncut_module.native_status()
+    assert "PyTorch loop only" in status and "No module named" in status

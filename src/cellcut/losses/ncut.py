@@ -32,7 +32,7 @@ one channel. Two ways to apply W share that code:
 ``native``
     The same offset loop as ``exact``, compiled (``_affinity.c``, built at install where a C
     compiler exists): one exp per pair, vectorized, z-chunks on ``torch.get_num_threads()``
-    threads. It equals ``exact`` to float32 rounding (tested) and is 8-15× faster on a CPU.
+    threads. It equals ``exact`` to float32 rounding (tested) and is 7-14× faster on a CPU.
     float32 on the CPU, 1-3 spatial axes; ``NATIVE`` is None where it was not built.
 
 ``fast`` (the default) picks, per call, whichever available method is cheapest for the sizes at
@@ -62,8 +62,22 @@ from torch import Tensor, nn
 
 try:  # the compiled offset loop; optional (see setup.py)
     from cellcut.losses import _affinity as NATIVE
-except ImportError:  # pragma: no cover - depends on the install
+except ImportError as error:  # pragma: no cover - depends on the install
     NATIVE = None
+    _NATIVE_ERROR = str(error)
+else:
+    _NATIVE_ERROR = ""
+
+
+def native_status() -> str:
+    """One line: whether the compiled loop is in use, and what to do where it is not."""
+    if NATIVE is not None:
+        return "soft N-cut: compiled offset loop (float32 on the CPU)"
+    return (
+        "soft N-cut: PyTorch loop only, 7-14x slower on the CPU: the compiled loop was not built "
+        f"({_NATIVE_ERROR}); install a C compiler and reinstall cellcut"
+    )
+
 
 METHODS = ("fast", "exact", "grid", "native")
 _EXP_FLOOR = -80.0  # exp(-80) ≈ 1.8e-35: above float32's denormal range, which is very slow on CPUs
