@@ -149,8 +149,9 @@ def affinity_exact(
     image is pre-divided by σ_I, so a weight costs four passes (difference, negated square,
     floor, exp). Buffers are reused across offsets.
     """
-    out = q.clone()
-    degree = torch.ones_like(image)  # the zero offset: w_ii = 1
+    # the constant image rides along as one more channel: one accumulation gives W q and W 1
+    qq = torch.cat([q, torch.ones_like(image)], 1)
+    out = qq.clone()  # the zero offset: w_ii = 1
     x = image / intensity_sigma
     shape = q.shape[2:]
     buf = torch.empty(x.numel(), dtype=q.dtype, device=q.device)
@@ -166,11 +167,9 @@ def affinity_exact(
         torch.addcmul(zero, w, w, value=-1.0, out=w)
         w.clamp_(min=_EXP_FLOOR).exp_()
         s = math.exp(log_w)
-        out[sa].addcmul_(w, q[sb], value=s)
-        out[sb].addcmul_(w, q[sa], value=s)
-        degree[sa].add_(w, alpha=s)
-        degree[sb].add_(w, alpha=s)
-    return out, degree
+        out[sa].addcmul_(w, qq[sb], value=s)
+        out[sb].addcmul_(w, qq[sa], value=s)
+    return out[:, :-1], out[:, -1:]
 
 
 @lru_cache(maxsize=256)
