@@ -255,7 +255,7 @@ static void work(shared_t *sh, int id)
     barrier_wait(sh);
     worst = 0.0f;
     for (int t = 0; t < T; t++) worst = sh->worst[t] > worst ? sh->worst[t] : worst;
-    const int complete = worst <= sh->tol; /* false for NaN too */
+    const int complete = worst <= sh->tol; /* NaN was rejected by the caller */
     const Py_ssize_t C = complete ? K - 1 : K;
 
     /* 2. the zero offset */
