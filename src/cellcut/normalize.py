@@ -49,20 +49,24 @@ class Normalization:
 
 
 def _sample(data: Any, max_voxels: int, seed: int = 0) -> np.ndarray:
-    """All voxels of a small volume, or a strided + random-block sample of a large one."""
+    """All voxels of a small volume, or a random-block sample of a large one: a new float32
+    array (the caller may reorder it), filled in place so that no second copy is held."""
     shape = tuple(int(s) for s in data.shape)
     n = int(np.prod(shape))
     if n <= max_voxels:
-        return np.asarray(data[...], dtype=np.float64).ravel()
+        values = np.empty(shape, dtype=np.float32)
+        values[...] = data[...]
+        return values.ravel()
     rng = np.random.default_rng(seed)
     block = tuple(min(s, 32) for s in shape)
-    n_blocks = max(1, max_voxels // int(np.prod(block)))
-    parts = []
-    for _ in range(n_blocks):
+    size = int(np.prod(block))
+    n_blocks = max(1, max_voxels // size)
+    values = np.empty(n_blocks * size, dtype=np.float32)
+    for i in range(n_blocks):
         start = [int(rng.integers(0, s - b + 1)) for s, b in zip(shape, block, strict=True)]
         idx = tuple(slice(a, a + b) for a, b in zip(start, block, strict=True))
-        parts.append(np.asarray(data[idx], dtype=np.float64).ravel())
-    return np.concatenate(parts)
+        values[i * size : (i + 1) * size].reshape(block)[...] = data[idx]
+    return values
 
 
 def fit_normalization(
@@ -105,12 +109,13 @@ def fit_normalization(
             "replace them (e.g. by the background value) before segmenting",
             file=source,
         )
+    lowest, highest = values.min(), values.max()
+    low, high = lowest, highest
     if method == "percentile":
-        low, high = np.percentile(values, percentiles)
+        # in place: the sample is ours, and a sorted copy would double the peak
+        low, high = np.percentile(values, percentiles, overwrite_input=True)
         if high <= low:  # few distinct values: fall back to the full range
-            low, high = values.min(), values.max()
-    else:
-        low, high = values.min(), values.max()
+            low, high = lowest, highest
     if high <= low:
         raise VolumeError(
             "constant image",

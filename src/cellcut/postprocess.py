@@ -141,8 +141,8 @@ def distance_watershed(
 
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """Label the 26-connected components of a mask."""
-    labels, _ = ndi.label(np.asarray(mask).astype(bool), structure=np.ones((3, 3, 3)))
-    return labels.astype(np.int32)
+    labels, _ = ndi.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3, 3)))
+    return labels.astype(np.int32, copy=False)
 
 
 def filter_sizes(
@@ -150,9 +150,12 @@ def filter_sizes(
     min_volume: float = 0.0,
     max_volume: float | None = None,
     voxel_size: Sequence[float] | None = None,
+    in_place: bool = False,
 ) -> np.ndarray:
     """Remove objects smaller than ``min_volume`` or larger than ``max_volume`` (µm³ when a
-    voxel size is given, voxels otherwise) and renumber the rest 1..n in order."""
+    voxel size is given, voxels otherwise) and renumber the rest 1..n in order.
+
+    ``in_place=True`` renumbers an int32 ``labels`` in its own memory (no second copy)."""
     labels = np.asarray(labels)
     voxel_volume = float(np.prod(voxel_size)) if voxel_size else 1.0
     counts = np.bincount(labels.ravel())
@@ -163,6 +166,9 @@ def filter_sizes(
     keep[0] = False
     lut = np.zeros(len(counts), dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    if in_place and labels.dtype == np.int32 and labels.flags.writeable:
+        # mode="clip" is unbuffered: each voxel's index is read before its own slot is written
+        return np.take(lut, labels, out=labels, mode="clip")
     return lut[labels]
 
 
@@ -206,9 +212,9 @@ def instances(
     if method == "voronoi-otsu":
         labels = voronoi_otsu(img, spot_sigma, outline_sigma, voxel_size, probability)
     else:
-        mask = img > threshold(img.astype(np.float32), probability)
+        mask = img > threshold(img.astype(np.float32, copy=False), probability)
         if method == "watershed":
             labels = distance_watershed(mask, min_distance, voxel_size)
         else:
             labels = connected_components(mask)
-    return filter_sizes(labels, min_volume, max_volume, voxel_size)
+    return filter_sizes(labels, min_volume, max_volume, voxel_size, in_place=True)

@@ -16,10 +16,13 @@ labels go to disk (zarr) as they are made, statistics accumulate per label.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import itertools
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +35,15 @@ import torch
 from cellcut.checkpoint import LoadedModel, load_model
 from cellcut.errors import CheckpointError, VolumeError
 from cellcut.infer import sliding_window
-from cellcut.io import Volume, check_output, check_voxel_size, read_volume, split_location
+from cellcut.io import (
+    Volume,
+    check_output,
+    check_voxel_size,
+    import_zarr,
+    read_volume,
+    split_location,
+    zarr_block_io,
+)
 from cellcut.normalize import fit_normalization
 from cellcut.postprocess import METHODS as INSTANCE_METHODS
 from cellcut.postprocess import instances as label_instances
@@ -53,6 +64,27 @@ class SegmentResult:
     summary: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = None  # kept in memory when small (< 64 MB) or asked for
     probability: np.ndarray | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+
+
+def release_free_memory() -> None:
+    """Give memory that glibc keeps after large frees back to the system (a no-op elsewhere).
+
+    Between the stages of a block-wise run, freed block buffers otherwise stay resident in
+    the allocator and add to the next stage's peak.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _blocks(shape: Sequence[int], block: Sequence[int]):
@@ -194,6 +226,7 @@ def label_blocks(
         outer = _grow(core, halo, shape)
         prob = np.asarray(probability[outer], dtype=np.float32)
         local = label_instances(prob, method, voxel_size=voxel_size, probability=True, **kwargs)
+        del prob
         n = int(local.max())
         if n:
             rel = _relative(core, outer)
@@ -216,10 +249,9 @@ def label_blocks(
             kept = np.flatnonzero(own)
             lut[kept] = np.arange(next_id, next_id + len(kept))
             next_id += len(kept)
-            mapped = lut[local]
+            np.take(lut, local, out=local, mode="clip")  # renumbered in place (unbuffered)
             target = np.asarray(out[outer])
-            write = mapped > 0
-            target[write] = mapped[write]
+            np.copyto(target, local, where=local > 0)
             out[outer] = target
         if progress is not None:
             progress("instances", i + 1, len(blocks))
@@ -503,93 +535,100 @@ def segment(
     shape = vol.shape
     win = _triple(window)
     blk = tuple(max(b, 1) for b in _triple(block))
-    norm = fit_normalization(vol.data, loaded.normalization, source=vol.source)
+    with zarr_block_io():
+        norm = fit_normalization(vol.data, loaded.normalization, source=vol.source)
+    release_free_memory()
     voxels = int(np.prod(shape))
     in_memory = keep_in_memory if keep_in_memory is not None else voxels * 4 < 256 * 2**20
     work = Path(tempfile.mkdtemp(prefix="cellcut-segment-"))
-    try:
-        prob = _array(work / "probability.zarr", shape, np.float32, blk, in_memory)
-        predict_probability(
-            vol.data,
-            loaded,
-            prob,
-            window=win,
-            overlap=overlap,
-            block=blk,
-            batch_size=batch_size,
-            device=dev,
-            normalization=norm,
-            progress=progress,
-        )
-        labels = None
-        n_cells = 0
-        rows: list[dict[str, Any]] = []
-        summary: dict[str, Any] = {}
-        if instances != "none":
-            if halo is None:
-                spacing = vs if vs else (1.0, 1.0, 1.0)
-                halo_t = tuple(
-                    max(w // 2, math.ceil(32.0 / v)) for w, v in zip(win, spacing, strict=True)
-                )
-            else:
-                halo_t = _triple(halo)
-            labels = _array(work / "labels.zarr", shape, np.int32, blk, in_memory)
-            radius = None
-            if instances == "voronoi-otsu" and spot_sigma == "auto":
-                spot_sigma, radius = estimate_spot_sigma(prob, vs, outline_sigma)
-            n_cells = label_blocks(
+    with zarr_block_io():
+        try:
+            prob = _array(work / "probability.zarr", shape, np.float32, blk, in_memory)
+            predict_probability(
+                vol.data,
+                loaded,
                 prob,
-                labels,
-                method=instances,
-                voxel_size=vs,
+                window=win,
+                overlap=overlap,
                 block=blk,
-                halo=halo_t,
+                batch_size=batch_size,
+                device=dev,
+                normalization=norm,
                 progress=progress,
-                spot_sigma=spot_sigma,
-                outline_sigma=outline_sigma,
-                min_distance=min_distance,
-                min_volume=min_volume,
-                max_volume=max_volume,
             )
-        else:
-            labels = _array(work / "labels.zarr", shape, np.uint8, blk, in_memory)
-            for core in _blocks(shape, blk):
-                labels[core] = (np.asarray(prob[core]) > 0.5).astype(np.uint8)
-        if instances != "none":
-            rows, summary = cell_statistics(labels, vol.data, vs, blk)
-            summary["instances"] = instances
-            if instances == "voronoi-otsu":
-                summary["spot_sigma"] = float(spot_sigma)
-                summary["median_object_radius"] = radius
-        out_path = _write(out, labels, vs, overwrite) if out is not None else None
-        prob_path = (
-            _write(probability_out, prob, vs, overwrite) if probability_out is not None else None
-        )
-        stats_path = None
-        if stats is not None:
-            stats_path = write_stats_csv(stats, rows, overwrite)
-            from cellcut.io import write_json
+            release_free_memory()
+            labels = None
+            n_cells = 0
+            rows: list[dict[str, Any]] = []
+            summary: dict[str, Any] = {}
+            if instances != "none":
+                if halo is None:
+                    spacing = vs if vs else (1.0, 1.0, 1.0)
+                    halo_t = tuple(
+                        max(w // 2, math.ceil(32.0 / v)) for w, v in zip(win, spacing, strict=True)
+                    )
+                else:
+                    halo_t = _triple(halo)
+                labels = _array(work / "labels.zarr", shape, np.int32, blk, in_memory)
+                radius = None
+                if instances == "voronoi-otsu" and spot_sigma == "auto":
+                    spot_sigma, radius = estimate_spot_sigma(prob, vs, outline_sigma)
+                n_cells = label_blocks(
+                    prob,
+                    labels,
+                    method=instances,
+                    voxel_size=vs,
+                    block=blk,
+                    halo=halo_t,
+                    progress=progress,
+                    spot_sigma=spot_sigma,
+                    outline_sigma=outline_sigma,
+                    min_distance=min_distance,
+                    min_volume=min_volume,
+                    max_volume=max_volume,
+                )
+                release_free_memory()
+            else:
+                labels = _array(work / "labels.zarr", shape, np.uint8, blk, in_memory)
+                for core in _blocks(shape, blk):
+                    labels[core] = (np.asarray(prob[core]) > 0.5).astype(np.uint8)
+            if instances != "none":
+                rows, summary = cell_statistics(labels, vol.data, vs, blk)
+                summary["instances"] = instances
+                if instances == "voronoi-otsu":
+                    summary["spot_sigma"] = float(spot_sigma)
+                    summary["median_object_radius"] = radius
+            out_path = _write(out, labels, vs, overwrite) if out is not None else None
+            prob_path = (
+                _write(probability_out, prob, vs, overwrite)
+                if probability_out is not None
+                else None
+            )
+            stats_path = None
+            if stats is not None:
+                stats_path = write_stats_csv(stats, rows, overwrite)
+                from cellcut.io import write_json
 
-            write_json(Path(stats_path).with_suffix(".summary.json"), summary)
-        overview_path = None
-        if overview is not None:
-            from cellcut.figures import plot_overview
+                write_json(Path(stats_path).with_suffix(".summary.json"), summary)
+            overview_path = None
+            if overview is not None:
+                from cellcut.figures import plot_overview
 
-            overview_path = plot_overview(vol.data, labels, overview, block=blk)
-        small = voxels * 4 < 64 * 2**20 or in_memory
-        return SegmentResult(
-            labels_path=out_path,
-            probability_path=prob_path,
-            stats_path=stats_path,
-            overview_path=overview_path,
-            n_cells=n_cells if instances != "none" else 0,
-            stats=rows,
-            summary=summary,
-            labels=np.asarray(labels[...]) if small else None,
-            probability=np.asarray(prob[...]) if small else None,
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                overview_path = plot_overview(vol.data, labels, overview, block=blk)
+            small = voxels * 4 < 64 * 2**20 or in_memory
+            return SegmentResult(
+                labels_path=out_path,
+                probability_path=prob_path,
+                stats_path=stats_path,
+                overview_path=overview_path,
+                n_cells=n_cells if instances != "none" else 0,
+                stats=rows,
+                summary=summary,
+                labels=np.asarray(labels[...]) if small else None,
+                probability=np.asarray(prob[...]) if small else None,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
@@ -604,8 +643,7 @@ def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
 def _array(path: Path, shape, dtype, chunks, in_memory: bool):
     if in_memory:
         return np.zeros(shape, dtype=dtype)
-    import zarr
-
+    zarr = import_zarr()
     return zarr.create_array(
         str(path),
         shape=shape,
@@ -634,16 +672,17 @@ def _write(location, data, voxel_size, overwrite: bool) -> Path:
         )
     check_output(location, overwrite)
     tmp = _temp_sibling(target)
-    slab = max(1, int(data.chunks[0]) if hasattr(data, "chunks") else 16)
+    # copied piece by piece along the source's chunks: a slab of whole planes would hold
+    # chunk-depth × Y × X voxels at once (64 MB of labels for 512² planes, 1 GB for 2048²)
+    pieces = list(_blocks(data.shape, getattr(data, "chunks", None) or (16, 256, 256)))
     try:
         if name.endswith(".zarr"):
-            import zarr
-
+            zarr = import_zarr()
             dst = zarr.create_array(
                 str(tmp), shape=data.shape, dtype=data.dtype, chunks=data.chunks, fill_value=0
             )
-            for z in range(0, data.shape[0], slab):
-                dst[z : z + slab] = data[z : z + slab]
+            for piece in pieces:
+                dst[piece] = data[piece]
             if voxel_size:
                 dst.attrs["voxel_size_um"] = list(voxel_size)
         elif name.endswith((".tif", ".tiff")):
@@ -662,8 +701,8 @@ def _write(location, data, voxel_size, overwrite: bool) -> Path:
                     chunks=True,
                     compression="gzip",
                 )
-                for z in range(0, data.shape[0], slab):
-                    dset[z : z + slab] = data[z : z + slab]
+                for piece in pieces:
+                    dset[piece] = data[piece]
                 if voxel_size:
                     dset.attrs["element_size_um"] = list(voxel_size)
         _commit(tmp, target)
