@@ -53,8 +53,9 @@ def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
     for z in range(0, shape[0], 16):
         image[z : z + 16] = slab
     # seeded: an untrained model's output decides how many components the labelling meets
-    # (measured over seeds 0-3: 78, 65, 309523 noise "cells", 78 MB of growth; the third is
-    # the per-cell table's memory, ~1.6 kB per cell, which a noise map makes huge)
+    # (seed 0: 85 MB of growth; with one chunk in flight instead of two, seeds 0-3 gave 78, 65,
+    # 515 and 78 MB, the third from 309523 noise "cells" in a per-cell list of dicts, since
+    # replaced by a columnar table)
     torch.manual_seed(0)
     model = WNet3D(base_width=2, depth=1)
     save_checkpoint(

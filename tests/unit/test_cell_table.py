@@ -1,0 +1,42 @@
+"""CellTable: per-cell statistics stored as columns, read as rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellcut.segment import CellTable, cell_statistics, write_stats_csv
+
+
+def test_rows_read_from_columns_with_python_types():
+    labels = np.zeros((4, 5, 6), dtype=np.int32)
+    labels[0, 0, 0] = 3
+    labels[1:3, 1:3, 1:3] = 7
+    image = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
+    table, summary = cell_statistics(labels, image, (2.0, 1.0, 1.0), block=(2, 3, 4))
+    assert isinstance(table, CellTable) and len(table) == 2 == summary["cells"]
+    first, last = table[0], table[-1]
+    assert first["id"] == 3 and last["id"] == 7
+    assert type(first["id"]) is int and type(first["volume_voxels"]) is int
+    assert type(first["volume_um3"]) is float and first["volume_um3"] == 2.0
+    assert last["volume_voxels"] == 8 and last["centroid_z"] == 1.5 and last["centroid_z_um"] == 3.0
+    assert last["bbox_min_y"] == 1 and last["bbox_max_y"] == 2
+    assert last["mean_intensity"] == pytest.approx(image[1:3, 1:3, 1:3].mean())
+    assert [r["id"] for r in table] == [3, 7] and table[0:1] == [first]
+    with pytest.raises(IndexError):
+        table[2]
+
+
+def test_empty_volume_gives_an_empty_table_and_a_header_only_csv(tmp_path):
+    table, summary = cell_statistics(np.zeros((3, 3, 3), np.int32), np.ones((3, 3, 3)), None)
+    assert len(table) == 0 and summary["cells"] == 0
+    path = write_stats_csv(tmp_path / "cells.csv", table, overwrite=False)
+    assert path.read_text().strip() == "id"
+
+
+def test_a_million_cells_take_columns_not_dicts():
+    n = 1_000_000
+    ids = np.arange(1, n + 1)
+    table = CellTable({"id": ids, "volume_um3": np.ones(n), "centroid_z": np.zeros(n)})
+    assert len(table) == n and table[n - 1] == {"id": n, "volume_um3": 1.0, "centroid_z": 0.0}
+    assert sum(c.nbytes for c in table.columns.values()) == 24 * n  # 8 bytes per value
