@@ -220,3 +220,12 @@ def test_without_the_compiled_loop_fast_falls_back_and_says_so(monkeypatch):
         SoftNCutLoss(method="native")(probs, image)
     status = ncut_module.native_status()
     assert "PyTorch loop only" in status and "No module named" in status
+
+
+@needs_native
+def test_tiny_intensity_sigma_uses_the_pytorch_loop():
+    probs = torch.softmax(torch.randn(1, 2, 6, 6, 6), 1)
+    image = torch.rand(1, 1, 6, 6, 6)
+    loss = SoftNCutLoss(1e-20, 2.0)
+    value = loss(probs, image)
+    assert loss.last_method == "exact" and torch.isfinite(value)

@@ -638,12 +638,14 @@ class SoftNCutLoss(nn.Module):
         shape = tuple(probs.shape[2:])
         kernel = self.kernel(len(shape))
         method = self.method
-        native = native_supports(probs)
+        # the C code takes 1/σ_I² as float32: below ~1e-18 it would overflow
+        native = native_supports(probs) and self.intensity_sigma >= 1e-18
         if method == "native" and not native:
             raise ValueError(
                 "method='native' needs the compiled loop (built: "
-                f"{NATIVE is not None}) and float32 CPU class maps with 1-3 spatial axes, got "
-                f"{probs.dtype} on {probs.device} with {len(shape)} spatial axes"
+                f"{NATIVE is not None}), float32 CPU class maps with 1-3 spatial axes and "
+                f"intensity_sigma >= 1e-18, got {probs.dtype} on {probs.device} with "
+                f"{len(shape)} spatial axes and intensity_sigma {self.intensity_sigma:g}"
             )
         if method == "fast":
             method = choose_method(
