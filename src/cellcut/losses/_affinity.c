@@ -67,6 +67,14 @@ static inline float neg_exp(float v)
     return p * scale;
 }
 
+/* s · exp(-(a - b)² / σ_I²), its argument floored (no denormals); s is 0 for invalid pairs. */
+static inline float pair_weight(float a, float b, float neg_inv_s2, float s)
+{
+    const float diff = a - b;
+    const float v = neg_inv_s2 * diff * diff;
+    return s * neg_exp(v > EXP_FLOOR ? v : EXP_FLOOR);
+}
+
 typedef struct {
     const float *x; /* image, V values */
     float neg_inv_s2; /* -1 / σ_I² */
@@ -117,9 +125,7 @@ accumulate_chunk(const problem_t *pb, Py_ssize_t z0, Py_ssize_t z1, float *restr
                     const float *restrict pj = pb->p + rj;
                     CELLCUT_SIMD
                     for (Py_ssize_t t = 0; t < n; t++) {
-                        const float diff = xi[t] - xj[t];
-                        const float v = pb->neg_inv_s2 * diff * diff;
-                        const float w = m[t] * neg_exp(v > EXP_FLOOR ? v : EXP_FLOOR);
+                        const float w = pair_weight(xi[t], xj[t], pb->neg_inv_s2, m[t]);
                         wb[t] = w;
                         di[t] += w;
                         ai[t] += w * pj[t];
@@ -127,9 +133,7 @@ accumulate_chunk(const problem_t *pb, Py_ssize_t z0, Py_ssize_t z1, float *restr
                 } else {
                     CELLCUT_SIMD
                     for (Py_ssize_t t = 0; t < n; t++) {
-                        const float diff = xi[t] - xj[t];
-                        const float v = pb->neg_inv_s2 * diff * diff;
-                        const float w = m[t] * neg_exp(v > EXP_FLOOR ? v : EXP_FLOOR);
+                        const float w = pair_weight(xi[t], xj[t], pb->neg_inv_s2, m[t]);
                         wb[t] = w;
                         di[t] += w;
                     }
