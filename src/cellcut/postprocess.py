@@ -166,7 +166,12 @@ def filter_sizes(
     keep[0] = False
     lut = np.zeros(len(counts), dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    if in_place and labels.dtype == np.int32 and labels.flags.writeable:
+    return relabel(lut, labels, in_place=in_place)
+
+
+def relabel(lut: np.ndarray, labels: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """``lut[labels]``; with ``in_place`` (and int32 labels, writable) in ``labels``' memory."""
+    if in_place and labels.dtype == lut.dtype == np.int32 and labels.flags.writeable:
         # mode="clip" is unbuffered: each voxel's index is read before its own slot is written
         return np.take(lut, labels, out=labels, mode="clip")
     return lut[labels]

@@ -47,6 +47,7 @@ from cellcut.io import (
 from cellcut.normalize import fit_normalization
 from cellcut.postprocess import METHODS as INSTANCE_METHODS
 from cellcut.postprocess import instances as label_instances
+from cellcut.postprocess import relabel
 
 Progress = Callable[[str, int, int], None]
 
@@ -249,7 +250,7 @@ def label_blocks(
             kept = np.flatnonzero(own)
             lut[kept] = np.arange(next_id, next_id + len(kept))
             next_id += len(kept)
-            np.take(lut, local, out=local, mode="clip")  # renumbered in place (unbuffered)
+            local = relabel(lut, local, in_place=True)
             target = np.asarray(out[outer])
             np.copyto(target, local, where=local > 0)
             out[outer] = target
