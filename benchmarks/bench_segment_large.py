@@ -33,7 +33,7 @@ def run_case(argv: list[str]) -> None:
     image, out, block, model = argv[0], argv[1], int(argv[2]), argv[3]
     import torch
 
-    from cellcut.segment import segment
+    from cellcut.segmentation import segment
 
     torch.set_num_threads(harness.THREADS)
     stages: dict[str, float] = {}
@@ -82,8 +82,7 @@ def main() -> None:
     import zarr
 
     from cellcut.metrics import evaluate
-    from cellcut.model import WNet3D
-    from cellcut.models import resolve_model_path
+    from cellcut.model import WNet3D, resolve_model_path
     from cellcut.synthetic import make_nuclei_volume
 
     folder = Path(tempfile.mkdtemp(prefix="cellcut-large-"))
@@ -113,20 +112,17 @@ def main() -> None:
     try:
         model = str(resolve_model_path("default"))
     except Exception:
-        from cellcut.checkpoint import save_checkpoint
+        from cellcut.model import Checkpoint
 
         m = WNet3D()
         model = str(folder / "random.pt")
-        save_checkpoint(
-            model,
-            {
-                "architecture": m.arch.__dict__,
-                "model": m.state_dict(),
-                "config": {"data": {"normalization": "percentile"}},
-                "foreground_classes": [1],
-                "input_scale": 100.0,
-            },
-        )
+        Checkpoint(
+            architecture=m.arch.__dict__,
+            model=m.state_dict(),
+            config={"data": {"normalization": "percentile"}},
+            foreground_classes=[1],
+            input_scale=100.0,
+        ).save(model)
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),

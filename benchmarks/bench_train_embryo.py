@@ -127,15 +127,15 @@ def reference_segment(weights: Path, out: Path) -> None:
 
 
 def score_probs(probs, image, labels) -> dict:
-    from cellcut.segment import score_class_probabilities
+    from cellcut.scoring import score_class_probabilities
 
     ev, _ = score_class_probabilities(probs, image, labels, VOXEL)
     return {"dice": ev.dice, "f1_50": ev.f1_50, "n_pred": ev.n_pred, "n_true": ev.n_true}
 
 
 def cellcut_probs(model_path, image):
-    from cellcut.checkpoint import load_model
     from cellcut.infer import sliding_window
+    from cellcut.model import load_model
     from cellcut.normalize import fit_normalization
 
     loaded = load_model(model_path)
@@ -177,10 +177,10 @@ def main() -> None:
     import tifffile
     import torch
 
-    from cellcut.models import resolve_model_path
+    from cellcut.model import resolve_model_path
     from cellcut.normalize import normalize
     from cellcut.postprocess import instances
-    from cellcut.train import TrainCallback, train
+    from cellcut.training import TrainCallback, train
 
     torch.set_num_threads(harness.THREADS)
     snaps = sorted(s for s in args.snapshots if s <= args.minutes)
@@ -248,20 +248,17 @@ def main() -> None:
             self.run = run
 
         def on_log(self, record):
-            from cellcut.checkpoint import save_checkpoint
+            from cellcut.model import Checkpoint
 
             while self.pending and record["elapsed_s"] >= self.pending[0] * 60:
                 m = self.pending.pop(0)
-                state = {
-                    "architecture": asdict(self.run.model.arch),
-                    "model": {
-                        k: v.detach().clone() for k, v in self.run.model.state_dict().items()
-                    },
-                    "config": self.run.config.model_dump(mode="json"),
-                    "foreground_classes": [],
-                    "input_scale": 100.0,
-                }
-                save_checkpoint(folder / f"{self.tag}_{m:g}.pt", state)
+                Checkpoint(
+                    architecture=asdict(self.run.model.arch),
+                    model={k: v.detach().clone() for k, v in self.run.model.state_dict().items()},
+                    config=self.run.config.model_dump(mode="json"),
+                    foreground_classes=[],
+                    input_scale=100.0,
+                ).save(folder / f"{self.tag}_{m:g}.pt")
 
     curves: dict[str, list] = {}
     sides = [("cellcut", None)]

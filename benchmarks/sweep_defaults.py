@@ -87,8 +87,6 @@ SETTINGS: dict[str, dict] = {
         "data.normalization": "percentile",
         "loss.rec_weight": 0.0,
     },
-    "select": {"log.select_best": True, "log.every": 2},
-    "int1_select": {"loss.intensity_weight": 1.0, "log.select_best": True, "log.every": 2},
 }
 
 
@@ -124,7 +122,7 @@ def score(run, pairs, voxel_size) -> dict:
     from cellcut.infer import sliding_window
     from cellcut.io import read_volume
     from cellcut.normalize import fit_normalization
-    from cellcut.segment import score_class_probabilities
+    from cellcut.scoring import score_class_probabilities
 
     model = run.model.eval()
     scale = 100.0
@@ -168,7 +166,7 @@ def main() -> None:
     import torch
 
     from cellcut.config import apply_overrides, build_config
-    from cellcut.train import train
+    from cellcut.training import train
 
     torch.set_num_threads(harness.THREADS)
     folder = Path(tempfile.mkdtemp(prefix="cellcut-sweep-"))

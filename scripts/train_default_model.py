@@ -45,9 +45,9 @@ def main() -> None:
     import torch
 
     from cellcut.config import apply_overrides, load_config
-    from cellcut.models import export_model
+    from cellcut.model import export_model
     from cellcut.synthetic import make_nuclei_volume
-    from cellcut.train import train
+    from cellcut.training import train
 
     missing = [r for r, _ in REAL if not (SHARED / r).exists()]
     if missing:

@@ -1,19 +1,27 @@
 """cellcut: fully unsupervised 3D cell segmentation with a W-Net and a soft normalized cut.
 
-The core library imports no GUI toolkit. One concept per module: ``io`` (volumes on disk),
-``synthetic`` (generated volumes with ground truth), ``normalize``, ``model`` (the 3D W-Net),
-``losses`` (soft N-cut, reconstruction), ``config``, ``data`` (patches), ``train`` (the loop),
-``diagnostics`` (reading the loss curves), ``checkpoint``, ``infer`` (sliding windows),
-``postprocess`` (instances), ``metrics`` (evaluation), ``figures``; the command line is ``cli``.
+The core library imports no GUI toolkit. Its layers, each standing only on those below it:
+
+- ``errors``, ``_version``, ``samples``;
+- ``io`` (volumes on disk), ``runtime`` (device, memory), ``normalize``, ``synthetic``
+  (generated volumes with ground truth), ``metrics``, ``postprocess`` (instances), ``infer``
+  (sliding windows), ``blocks`` (block geometry and ownership);
+- ``config`` (every setting and default: training and segmentation), ``figures``;
+- ``model`` (the 3D W-Net, its checkpoint format, named models, cell classes), ``losses``;
+- ``scoring`` (probabilities -> instances -> scores);
+- ``training`` and ``segmentation``, which never import each other;
+- ``cli`` and ``napari_plugin``, thin layers over this API.
 
 The Python API in one place::
 
     import cellcut
     run = cellcut.train(["brain.tif"], "runs/brain", overrides=["stop.minutes=5"])
+    result = cellcut.segment("brain.tif", "labels.tif", model=run.checkpoint)
 """
 
 from cellcut._version import __version__
 from cellcut.errors import CellcutError
-from cellcut.train import train
+from cellcut.segmentation import segment
+from cellcut.training import train
 
-__all__ = ["CellcutError", "__version__", "train"]
+__all__ = ["CellcutError", "__version__", "segment", "train"]

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cellcut._version import __version__
+from cellcut.config import INSTANCE_CHOICES, SEGMENT_DEFAULTS, SegmentOptions
 from cellcut.errors import CellcutError
 
 Command = Callable[[argparse.Namespace], int]
@@ -31,6 +32,42 @@ def _add_volume_selection(p: argparse.ArgumentParser) -> None:
         "--channel", type=int, default=None, help="channel to use in a multichannel file"
     )
     p.add_argument("--time", type=int, default=None, help="time point to use in a time series")
+
+
+_SEGMENT_FLAGS = {
+    # option: (flag, argparse settings); defaults and help come from SegmentOptions
+    "voxel_size": ("--voxel-size", {"type": float, "nargs": 3, "metavar": ("Z", "Y", "X")}),
+    "instances": ("--instances", {"choices": INSTANCE_CHOICES}),
+    "window": ("--window", {"type": int}),
+    "overlap": ("--overlap", {"type": float}),
+    "block": ("--block", {"type": int}),
+    "batch_size": ("--batch-size", {"type": int}),
+    "spot_sigma": ("--spot-sigma", {"type": "float_or_auto"}),
+    "outline_sigma": ("--outline-sigma", {"type": float}),
+    "min_distance": ("--min-distance", {"type": float}),
+    "min_volume": ("--min-volume", {"type": float}),
+    "max_volume": ("--max-volume", {"type": float}),
+    "device": ("--device", {}),
+    "channel": ("--channel", {"type": int}),
+    "time": ("--time", {"type": int}),
+}
+
+
+def _add_segment_options(p: argparse.ArgumentParser) -> None:
+    """The segmentation flags, with the defaults and help of :class:`SegmentOptions`."""
+    for name, (flag, settings) in _SEGMENT_FLAGS.items():
+        field = SegmentOptions.model_fields[name]
+        kwargs = dict(settings)
+        if kwargs.get("type") == "float_or_auto":
+            kwargs["type"] = _float_or_auto
+        default = getattr(SEGMENT_DEFAULTS, name)
+        shown = "" if default is None else f" (default: {default})"
+        help_text = f"{field.description}{shown}"
+        p.add_argument(flag, dest=name, default=default, help=help_text, **kwargs)
+
+
+def _segment_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in _SEGMENT_FLAGS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,33 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels output (.tif, .zarr, .ome.zarr, .h5:dataset, .npy, .nii)",
     )
     p.add_argument("--model", default="default", help="default, a model name, or a path")
-    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
-    p.add_argument(
-        "--instances",
-        default="voronoi-otsu",
-        choices=("voronoi-otsu", "watershed", "connected", "none"),
-    )
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--block", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=2)
+    _add_segment_options(p)
     p.add_argument("--stats", help="per-cell CSV (a .summary.json goes beside it)")
     p.add_argument("--probability", help="also write the foreground probability here")
     p.add_argument("--overview", help="overview PNG (default: OUT's name + _overview.png)")
-    p.add_argument(
-        "--spot-sigma",
-        type=_float_or_auto,
-        default="auto",
-        help="Voronoi-Otsu seed blur, µm, or 'auto' (half the median nucleus radius)",
-    )
-    p.add_argument("--outline-sigma", type=float, default=1.0, help="Voronoi-Otsu, µm")
-    p.add_argument("--min-distance", type=float, default=2.0, help="watershed, µm")
-    p.add_argument("--min-volume", type=float, default=0.0, help="µm³ (voxels if no size)")
-    p.add_argument("--max-volume", type=float, help="µm³: larger objects are artifacts")
-    p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    _add_volume_selection(p)
 
     p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
     p.add_argument("truth")
@@ -192,7 +208,7 @@ def split_location_str(location: str) -> tuple[str, str | None]:
 def _train(args: argparse.Namespace) -> int:
     from cellcut.config import TrainConfig, apply_overrides, load_config
     from cellcut.errors import InputFileError
-    from cellcut.train import train
+    from cellcut.training import train
 
     if not args.images and not args.resume:
         raise InputFileError(
@@ -253,7 +269,7 @@ def _train(args: argparse.Namespace) -> int:
 
 @_command("segment")
 def _segment(args: argparse.Namespace) -> int:
-    from cellcut.segment import segment
+    from cellcut.segmentation import segment
 
     overview = args.overview or _sibling_png(args.out, "_overview")
     progress = None
@@ -274,23 +290,11 @@ def _segment(args: argparse.Namespace) -> int:
         args.image,
         args.out,
         model=args.model,
-        voxel_size=args.voxel_size,
-        channel=args.channel,
-        instances=args.instances,
-        window=args.window,
-        overlap=args.overlap,
-        block=args.block,
-        batch_size=args.batch_size,
-        device=args.device,
+        options=_segment_settings(args),
         stats=args.stats,
         probability_out=args.probability,
         overview=overview,
         overwrite=args.overwrite,
-        spot_sigma=args.spot_sigma,
-        outline_sigma=args.outline_sigma,
-        min_distance=args.min_distance,
-        min_volume=args.min_volume,
-        max_volume=args.max_volume,
         progress=progress,
     )
     if args.instances != "none":
@@ -357,7 +361,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @_command("models")
 def _models(args: argparse.Namespace) -> int:
-    from cellcut.models import list_models
+    from cellcut.model import list_models
 
     models = list_models()
     if not models:
@@ -377,8 +381,8 @@ def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cellcut.samples import sample_path
-    from cellcut.segment import segment
-    from cellcut.train import train
+    from cellcut.segmentation import segment
+    from cellcut.training import train
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

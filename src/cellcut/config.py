@@ -1,10 +1,14 @@
-"""Versioned, validated configuration of a training run.
+"""The one source of settings and their defaults: training (:class:`TrainConfig`) and
+segmentation (:class:`SegmentOptions`).
 
-A :class:`TrainConfig` holds every setting of a run, grouped as model, loss, data,
-augmentation, optimizer, schedule, stop and logging. It is validated when built (an invalid
-value fails with the field's dotted name and the allowed range, before any work starts), loads
-from YAML or TOML, takes ``key.sub=value`` overrides from the command line, and is written next
-to every run so that the run can be reproduced.
+The Python API, the command line and the napari widgets all read their defaults, choices and
+ranges from here. Settings are validated when built: an invalid value fails with the field's
+name and the allowed range, before any work starts.
+
+A :class:`TrainConfig` holds every setting of a training run, grouped as model, loss, data,
+augmentation, optimizer, schedule, stop and logging; it loads from YAML or TOML, takes
+``key.sub=value`` overrides from the command line, and is written next to every run so that
+the run can be reproduced.
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from cellcut.errors import ConfigError
+from cellcut.errors import CellcutError, ConfigError
+from cellcut.io import atomic_output
+from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,9 +182,6 @@ class LogConfig(_Section):
     tensorboard: bool = False
     progress: bool = True
     plots: bool = True
-    select_best: bool = Field(
-        False, description="keep the weights whose classes best separate brightness (val)"
-    )
 
 
 class TrainConfig(_Section):
@@ -193,32 +203,139 @@ class TrainConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def save(self, path: str | os.PathLike) -> Path:
-        from cellcut.io import _commit, _temp_sibling
-
         target = Path(path)
-        tmp = _temp_sibling(target)
-        tmp.write_text(self.to_yaml())
-        _commit(tmp, target)
+        with atomic_output(target) as tmp:
+            tmp.write_text(self.to_yaml())
         return target
 
 
-def _format_validation(e: ValidationError, source: str | None) -> ConfigError:
+INSTANCE_CHOICES: tuple[str, ...] = (*METHODS, "none")
+"""Instance methods of :mod:`cellcut.postprocess`, plus ``none`` (probability and mask only)."""
+
+
+class SegmentOptions(_Section):
+    """Every setting of a segmentation run, with its default (read by API, CLI and widgets)."""
+
+    voxel_size: tuple[float, ...] | None = Field(
+        None, description="(z, y, x) µm; default: read from the file, else isotropic 1"
+    )
+    channel: int | None = Field(None, ge=0, description="channel of a multichannel file")
+    time: int | None = Field(None, ge=0, description="time point of a time series")
+    instances: Literal[INSTANCE_CHOICES] = Field(  # type: ignore[valid-type]
+        "voronoi-otsu", description="how the foreground becomes one id per nucleus"
+    )
+    window: int | tuple[int, int, int] = Field(64, description="sliding window, voxels")
+    overlap: float = Field(0.25, ge=0, lt=1, description="overlap of windows, fraction")
+    block: int | tuple[int, int, int] = Field(256, description="block for out-of-core work")
+    halo: int | tuple[int, int, int] | None = Field(
+        None, description="instance halo, voxels; default 32 µm and at least half a window"
+    )
+    batch_size: int = Field(2, ge=1, le=256, description="windows per forward pass")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
+    spot_sigma: float | Literal["auto"] = Field(
+        "auto",
+        description="Voronoi-Otsu seed blur, µm, or 'auto' (half the median nucleus radius)",
+    )
+    outline_sigma: float = Field(1.0, gt=0, description="Voronoi-Otsu mask blur, µm")
+    min_distance: float = Field(2.0, gt=0, description="watershed seed distance, µm")
+    min_volume: float = Field(0.0, ge=0, description="smaller objects are removed, µm³")
+    max_volume: float | None = Field(
+        None, gt=0, description="larger objects are removed (artifacts), µm³"
+    )
+
+    @field_validator("voxel_size", mode="before")
+    @classmethod
+    def _voxel_size(cls, value: Any) -> Any:
+        from cellcut.io import check_voxel_size
+
+        return None if value is None else check_voxel_size(value)
+
+    @field_validator("spot_sigma", mode="before")
+    @classmethod
+    def _spot_sigma(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise ValueError(f"spot_sigma must be a positive number or 'auto', got {value!r}")
+
+    @field_validator("window", "block", "halo")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        sizes = (value,) if isinstance(value, int) else value or ()
+        if any(v < 1 for v in sizes):
+            raise ValueError(f"sizes must be at least 1 voxel, got {value}")
+        return value
+
+    def triple(self, name: str) -> tuple[int, int, int] | None:
+        """A size setting as (z, y, x) voxels."""
+        value = getattr(self, name)
+        if value is None or isinstance(value, tuple):
+            return value
+        return (value, value, value)
+
+    def instance_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`cellcut.postprocess.instances`."""
+        return self.model_dump(
+            include={"spot_sigma", "outline_sigma", "min_distance", "min_volume", "max_volume"}
+        )
+
+
+SEGMENT_DEFAULTS = SegmentOptions()
+MANUAL_SPOT_SIGMA = DEFAULT_SPOT_SIGMA
+"""Seed blur offered when a user turns ``spot_sigma="auto"`` off, µm."""
+
+
+def segment_options(
+    options: SegmentOptions | dict[str, Any] | None = None, **overrides: Any
+) -> SegmentOptions:
+    """Validated segmentation settings: ``options`` (defaults if None), then ``overrides``."""
+    base = options.model_dump() if isinstance(options, SegmentOptions) else dict(options or {})
+    unknown = sorted(set(overrides) - set(SegmentOptions.model_fields))
+    if unknown:
+        raise ConfigError(
+            "invalid option",
+            f"segmentation has no setting {', '.join(unknown)}",
+            f"use one of {', '.join(SegmentOptions.model_fields)}",
+        )
+    try:
+        return SegmentOptions.model_validate({**base, **overrides})
+    except ValidationError as e:
+        raise _format_validation(
+            e, None, "invalid option", "see `cellcut segment --help` for the allowed values"
+        ) from None
+
+
+def _format_validation(
+    e: ValidationError,
+    source: str | None,
+    what: str = "invalid configuration",
+    hint: str = "fix the value(s) named (see `cellcut train --help` and the README)",
+) -> Exception:
+    """One error naming every invalid field; a cellcut error raised by a validator as is."""
+    for err in e.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, CellcutError):
+            return cause
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "config"
-        parts.append(f"{loc}: {err['msg']}")
-    return ConfigError(
-        "invalid configuration",
-        "; ".join(parts),
-        "fix the value(s) named (see `cellcut train --help` and the README)",
-        file=source,
-    )
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return ConfigError(what, "; ".join(parts), hint, file=source)
+
+
+RETIRED_FIELDS = {"log": ("select_best",)}
+"""Settings older versions wrote into run folders and checkpoints, ignored when read back."""
 
 
 def build_config(data: dict[str, Any] | None = None, source: str | None = None) -> TrainConfig:
     """Validate a nested dict into a :class:`TrainConfig`; errors name the field."""
+    data = dict(data or {})
+    for section, names in RETIRED_FIELDS.items():
+        if isinstance(data.get(section), dict):
+            data[section] = {k: v for k, v in data[section].items() if k not in names}
     try:
-        return TrainConfig.model_validate(data or {})
+        return TrainConfig.model_validate(data)
     except ValidationError as e:
         raise _format_validation(e, source) from None
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cellcut.blocks import tiles
+from cellcut.io import atomic_output
+
 
 def _plt():
     import matplotlib
@@ -19,12 +22,9 @@ def _plt():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from cellcut.io import _commit, _temp_sibling
-
     target = Path(path)
-    tmp = _temp_sibling(target)
-    fig.savefig(tmp, dpi=100, format="png")
-    _commit(tmp, target)
+    with atomic_output(target) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return target
 
 
@@ -102,16 +102,13 @@ def plot_overview(
 
     Projections are accumulated block by block, so the volume is never loaded whole.
     """
-    import itertools
-
     from skimage.segmentation import find_boundaries
 
     plt = _plt()
     shape = tuple(int(s) for s in image.shape)
     mips = [np.full([s for i, s in enumerate(shape) if i != ax], -np.inf) for ax in range(3)]
     lab_mips = [np.zeros([s for i, s in enumerate(shape) if i != ax], np.int64) for ax in range(3)]
-    for start in itertools.product(*[range(0, s, b) for s, b in zip(shape, block, strict=True)]):
-        sl = tuple(slice(a, min(a + b, s)) for a, b, s in zip(start, block, shape, strict=True))
+    for sl in tiles(shape, block):
         img = np.asarray(image[sl], dtype=np.float32)
         lab = np.asarray(labels[sl])
         for ax in range(3):

@@ -9,7 +9,6 @@ weighted sum is divided by the summed weights. Windows are batched, computed und
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,8 +48,6 @@ def sliding_window(
     overlap: float = 0.25,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Run ``predictor`` over a (z, y, x) volume window by window.
 
@@ -62,10 +59,6 @@ def sliding_window(
         Maps a batch (B, 1, *window) to (B, out_channels, *window).
     window, overlap, batch_size
         Window size, fractional overlap in [0, 1), windows per forward pass.
-    transform
-        Applied to each raw window before the model (e.g. the volume's normalization).
-    progress
-        Called with (windows done, windows total).
 
     Returns
     -------
@@ -85,40 +78,28 @@ def sliding_window(
             *[window_starts(s + p, w, overlap) for s, p, w in zip(shape, pad, win, strict=True)]
         )
     )
-    total = len(starts)
-    done = 0
     with torch.inference_mode():
-        for b in range(0, total, batch_size):
+        for b in range(0, len(starts), batch_size):
             chunk = starts[b : b + batch_size]
             tiles = []
             for st in chunk:
-                tiles.append(_read_window(volume, st, win, shape, transform))
+                tiles.append(_read_window(volume, st, win, shape))
             batch = torch.from_numpy(np.stack(tiles)[:, None]).to(device)
             out = predictor(batch).float().cpu()
             for st, o in zip(chunk, out, strict=True):
                 sl = tuple(slice(a, a + w) for a, w in zip(st, win, strict=True))
                 acc[(slice(None), *sl)] += o * importance
                 norm[sl] += importance
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
     result = acc / norm
     crop = tuple(slice(0, s) for s in shape)
     return result[(slice(None), *crop)].numpy()
 
 
-def _read_window(volume, start, win, shape, transform) -> np.ndarray:
+def _read_window(volume, start, win, shape) -> np.ndarray:
     """Read one window; where the volume is smaller than the window, reflect it."""
     sl = tuple(slice(a, min(a + w, s)) for a, w, s in zip(start, win, shape, strict=True))
     tile = np.asarray(volume[sl], dtype=np.float32)
-    if transform is not None:
-        tile = transform(tile).astype(np.float32, copy=False)
     missing = [(0, w - t) for w, t in zip(win, tile.shape, strict=True)]
     if any(m[1] for m in missing):
         tile = np.pad(tile, missing, mode="reflect" if min(tile.shape) > 1 else "edge")
     return tile
-
-
-def n_windows(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
-    """How many windows :func:`sliding_window` will run."""
-    return math.prod(len(window_starts(s, w, overlap)) for s, w in zip(shape, window, strict=True))

@@ -16,6 +16,8 @@ kept unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
@@ -23,7 +25,7 @@ import shutil
 import struct
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -645,22 +647,6 @@ def check_volume_values(data: np.ndarray, source: str = "input") -> None:
         )
 
 
-def as_volume(image: Any, voxel_size: Sequence[float] | None = None) -> Volume:
-    """Accept a path, a :class:`Volume` or an array from the Python API and return a Volume."""
-    if isinstance(image, Volume):
-        vol = image
-    elif isinstance(image, (str, os.PathLike)):
-        vol = read_volume(image)
-    else:
-        arr = np.asarray(image)
-        check_volume_array(arr, "array")
-        check_volume_values(arr, "array")
-        vol = Volume(data=arr, voxel_size=None, source="array")
-    if voxel_size is not None:
-        vol = Volume(vol.data, check_voxel_size(voxel_size), vol.source)
-    return vol
-
-
 def check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
     """Validate a (z, y, x) voxel size: three positive finite numbers."""
     values = tuple(float(v) for v in voxel_size)
@@ -747,9 +733,32 @@ def _commit(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+@contextlib.contextmanager
+def atomic_output(target: str | os.PathLike) -> Iterator[Path]:
+    """Write an output all at once or not at all.
+
+    Yields a temporary sibling path (same folder, same suffix, hidden name) to write to; when
+    the block ends without error the finished file or folder replaces ``target`` in one
+    rename, and whatever happens the temporary path is gone afterwards::
+
+        with atomic_output("cells.csv") as tmp:
+            tmp.write_text(text)
+    """
+    target = Path(target)
+    tmp = _temp_sibling(target)
+    try:
+        yield tmp
+        _commit(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
 def write_volume(
     location: str | os.PathLike,
-    data: np.ndarray,
+    data: Any,
     *,
     voxel_size: Sequence[float] | None = None,
     overwrite: bool = False,
@@ -764,13 +773,15 @@ def write_volume(
         Output path: ``.tif`` (OME-TIFF), ``.zarr`` (zarr v3 array), ``.ome.zarr`` (OME-Zarr 0.4,
         zarr v2), ``.h5[:dataset]`` (default dataset ``data``), ``.nii[.gz]`` or ``.npy``.
     data
-        The volume.
+        The volume: a numpy array, or a chunked array (zarr, HDF5), which TIFF, zarr and HDF5
+        outputs copy piece by piece along its chunks, so memory stays at one chunk (other
+        formats read it whole).
     voxel_size
         (z, y, x) in micrometres, stored where the format allows.
     overwrite
         Replace an existing output.
     chunks
-        Chunk shape for zarr/HDF5 (default: up to 64 per axis).
+        Chunk shape for zarr/HDF5 (default: a chunked input's chunks, else up to 64 per axis).
     compress
         Compress losslessly where the format allows (zlib/zstd/gzip).
 
@@ -779,37 +790,35 @@ def write_volume(
     Path
         The written file or folder.
     """
-    data = np.asarray(data)
+    chunked = not isinstance(data, np.ndarray) and getattr(data, "chunks", None) is not None
+    if not chunked:
+        data = np.asarray(data)
     check_volume_array(data, os.fspath(location))
     target = check_output(location, overwrite)
     _, key = split_location(location)
     vs = check_voxel_size(voxel_size) if voxel_size is not None else None
     fmt = detect_format(target)
-    tmp = _temp_sibling(target)
-    chunk_shape = tuple(chunks) if chunks else tuple(min(64, s) for s in data.shape)
+    if chunked and fmt not in ("tiff", "zarr", "hdf5"):
+        data, chunked = np.asarray(data[...]), False
+    if chunks:
+        chunk_shape = tuple(int(c) for c in chunks)
+    elif chunked:
+        chunk_shape = tuple(int(c) for c in data.chunks)
+    else:
+        chunk_shape = tuple(min(64, s) for s in data.shape)
     try:
-        if fmt == "tiff":
-            _write_tiff(tmp, data, vs, compress)
-        elif fmt in ("zarr", "ome-zarr"):
-            _write_zarr(tmp, data, vs, chunk_shape, ome=fmt == "ome-zarr")
-        elif fmt == "hdf5":
-            import h5py
-
-            with h5py.File(tmp, "w") as f:
-                dset = f.create_dataset(
-                    key or "data",
-                    data=data,
-                    chunks=chunk_shape,
-                    compression="gzip" if compress else None,
-                )
-                if vs:
-                    dset.attrs["element_size_um"] = vs
-        elif fmt == "nifti":
-            _write_nifti(tmp, data, vs)
-        else:
-            with open(tmp, "wb") as fh:
-                np.save(fh, data)
-        _commit(tmp, target)
+        with atomic_output(target) as tmp:
+            if fmt == "tiff":
+                _write_tiff(tmp, data, vs, compress)
+            elif fmt in ("zarr", "ome-zarr"):
+                _write_zarr(tmp, data, vs, chunk_shape, ome=fmt == "ome-zarr")
+            elif fmt == "hdf5":
+                _write_hdf5(tmp, key or "data", data, vs, chunk_shape, compress)
+            elif fmt == "nifti":
+                _write_nifti(tmp, data, vs)
+            else:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, data)
     except OSError as e:
         raise OutputError(
             "cannot write output",
@@ -817,17 +826,25 @@ def write_volume(
             "check free space and permissions",
             file=target,
         ) from e
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
     return target
 
 
-def _write_tiff(path: Path, data: Any, vs, compress: bool, shape=None, dtype=None) -> None:
-    """OME-TIFF with physical sizes; ``data`` may be an array or an iterator of z-planes
-    (then ``shape`` and ``dtype`` are required), so large volumes stream page by page."""
+def _copy(dst: Any, src: Any) -> None:
+    """``dst[...] = src``, piece by piece along ``src``'s chunks when it is a chunked array."""
+    if isinstance(src, np.ndarray):
+        dst[...] = src
+        return
+    shape = tuple(int(s) for s in src.shape)
+    ranges = [range(0, s, c) for s, c in zip(shape, src.chunks, strict=True)]
+    for start in itertools.product(*ranges):
+        piece = tuple(
+            slice(a, min(a + c, s)) for a, c, s in zip(start, src.chunks, shape, strict=True)
+        )
+        dst[piece] = src[piece]
+
+
+def _write_tiff(path: Path, data: Any, vs, compress: bool) -> None:
+    """OME-TIFF with physical sizes; a chunked ``data`` is streamed z-plane by z-plane."""
     import tifffile
 
     metadata: dict[str, Any] = {"axes": "ZYX"}
@@ -835,13 +852,15 @@ def _write_tiff(path: Path, data: Any, vs, compress: bool, shape=None, dtype=Non
         for ax, size in zip("ZYX", vs, strict=True):
             metadata[f"PhysicalSize{ax}"] = size
             metadata[f"PhysicalSize{ax}Unit"] = "µm"
-    shape = tuple(data.shape) if shape is None else tuple(shape)
-    dtype = np.dtype(data.dtype if dtype is None else dtype)
+    shape = tuple(int(s) for s in data.shape)
+    dtype = np.dtype(data.dtype)
+    in_memory = isinstance(data, np.ndarray)
+    pages = data if in_memory else (np.asarray(data[z]) for z in range(shape[0]))
     tifffile.imwrite(
         path,
-        data,
-        shape=None if isinstance(data, np.ndarray) else shape,
-        dtype=None if isinstance(data, np.ndarray) else dtype,
+        pages,
+        shape=None if in_memory else shape,
+        dtype=None if in_memory else dtype,
         ome=True,
         metadata=metadata,
         compression="zlib" if compress else None,
@@ -849,13 +868,13 @@ def _write_tiff(path: Path, data: Any, vs, compress: bool, shape=None, dtype=Non
     )
 
 
-def _write_zarr(path: Path, data: np.ndarray, vs, chunks, ome: bool) -> None:
+def _write_zarr(path: Path, data: Any, vs, chunks, ome: bool) -> None:
     zarr = import_zarr()
 
     if ome:
         root = zarr.open_group(str(path), mode="w", zarr_format=2)
         arr = root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)
-        arr[...] = data
+        _copy(arr, data)
         scale = list(vs) if vs else [1.0, 1.0, 1.0]
         unit = {"unit": "micrometer"} if vs else {}
         root.attrs["multiscales"] = [
@@ -868,10 +887,28 @@ def _write_zarr(path: Path, data: np.ndarray, vs, chunks, ome: bool) -> None:
             }
         ]
     else:
-        arr = zarr.create_array(str(path), shape=data.shape, dtype=data.dtype, chunks=chunks)
-        arr[...] = data
+        arr = zarr.create_array(
+            str(path), shape=data.shape, dtype=data.dtype, chunks=chunks, fill_value=0
+        )
+        _copy(arr, data)
         if vs:
             arr.attrs["voxel_size_um"] = list(vs)
+
+
+def _write_hdf5(path: Path, key: str, data: Any, vs, chunks, compress: bool) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset(
+            key,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=tuple(min(c, 64) for c in chunks),
+            compression="gzip" if compress else None,
+        )
+        _copy(dset, data)
+        if vs:
+            dset.attrs["element_size_um"] = list(vs)
 
 
 def _write_nifti(path: Path, data: np.ndarray, vs) -> None:
@@ -894,9 +931,8 @@ def _write_nifti(path: Path, data: np.ndarray, vs) -> None:
 def write_json(path: str | os.PathLike, obj: Any, overwrite: bool = True) -> Path:
     """Write JSON atomically (used for run records and metric reports)."""
     target = check_output(path, overwrite)
-    tmp = _temp_sibling(target)
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    _commit(tmp, target)
+    with atomic_output(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
     return target
 
 

@@ -28,16 +28,17 @@ removed and the labels renumbered 1..n.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import ndimage as ndi
 
 Method = Literal["voronoi-otsu", "watershed", "connected"]
-METHODS = ("voronoi-otsu", "watershed", "connected")
+METHODS: tuple[str, ...] = get_args(Method)
 
 
-def _sigma_voxels(sigma: float, voxel_size: Sequence[float] | None) -> tuple[float, ...]:
+def sigma_voxels(sigma: float, voxel_size: Sequence[float] | None) -> tuple[float, ...]:
+    """A blur given in µm (voxels when there is no voxel size) as per-axis voxels."""
     vs = voxel_size or (1.0, 1.0, 1.0)
     return tuple(sigma / v for v in vs)
 
@@ -113,11 +114,11 @@ def voronoi_otsu(
     from skimage.segmentation import watershed
 
     img = np.asarray(image, dtype=np.float32)
-    outline = ndi.gaussian_filter(img, _sigma_voxels(outline_sigma, voxel_size))
+    outline = ndi.gaussian_filter(img, sigma_voxels(outline_sigma, voxel_size))
     mask = outline > threshold(outline, probability)
     if spot_sigma == "auto":
         spot_sigma, _ = auto_spot_sigma(object_radii(mask, voxel_size), voxel_size)
-    spots = ndi.gaussian_filter(img, _sigma_voxels(spot_sigma, voxel_size))
+    spots = ndi.gaussian_filter(img, sigma_voxels(spot_sigma, voxel_size))
     markers = _local_maxima(spots, mask, [1, 1, 1])
     return watershed(-spots, markers, mask=mask).astype(np.int32)
 
@@ -133,7 +134,7 @@ def distance_watershed(
     m = np.asarray(mask).astype(bool)
     vs = voxel_size or (1.0, 1.0, 1.0)
     dist = ndi.distance_transform_edt(m, sampling=vs).astype(np.float32)
-    dist = ndi.gaussian_filter(dist, _sigma_voxels(0.5 * min(vs) + 0.5, voxel_size))
+    dist = ndi.gaussian_filter(dist, sigma_voxels(0.5 * min(vs) + 0.5, voxel_size))
     radius = [max(1, round(min_distance / v)) for v in vs]
     markers = _local_maxima(dist, m, radius)
     return watershed(-dist, markers, mask=m).astype(np.int32)

@@ -118,8 +118,39 @@ def make_nuclei_volume(
     mean_r = float(np.mean(radius_um))
     if n_nuclei is None:
         n_nuclei = max(1, int(0.12 * np.prod(extent) / (4 / 3 * np.pi * mean_r**3)))
+    nuclei = _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching)
+    labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
 
-    # Place centres: some free (not overlapping), some touching an earlier nucleus.
+    grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
+    grain /= grain.std() + 1e-12
+    signal *= 1.0 + texture * grain * (labels > 0)
+
+    artifacts = np.zeros(shape, dtype=bool)
+    for _ in range(n_artifacts):
+        c = (rng.uniform(0, 1, size=3) * np.asarray(shape)).astype(int)
+        rad = max(1, round(1.5 / vs.min()))
+        box = tuple(slice(max(0, a - rad), a + rad + 1) for a in c)
+        artifacts[box] = True
+    signal[artifacts] = 3.0
+
+    image = _image(rng, signal, vs, psf_sigma_um, background, background_gradient, photons)
+    noise = rng.normal(0, read_noise, size=shape).astype(np.float32)
+    image = np.clip(image + noise, 0, None).astype(np.float32)
+    if dtype == "uint16":
+        image = np.clip(np.round(image * 4000), 0, 65535).astype(np.uint16)
+    elif dtype != "float32":
+        raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
+    return SyntheticVolume(
+        image=image,
+        labels=labels,
+        voxel_size=tuple(float(v) for v in vs),  # type: ignore[arg-type]
+        artifacts=artifacts,
+    )
+
+
+def _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching) -> list[tuple]:
+    """Centres, semi-axes and rotations: some free (not overlapping), some touching an
+    earlier nucleus."""
     centres: list[np.ndarray] = []
     radii: list[np.ndarray] = []
     rotations: list[np.ndarray] = []
@@ -146,11 +177,15 @@ def make_nuclei_volume(
         centres.append(c)
         radii.append(axes_r)
         rotations.append(_random_rotation(rng))
+    return list(zip(centres, radii, rotations, strict=True))
 
+
+def _draw_nuclei(rng, shape, vs, nuclei, brightness) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (consecutive ids; a voxel goes to the nucleus it is deepest in) and signal."""
     labels = np.zeros(shape, dtype=np.int32)
     best = np.full(shape, np.inf, dtype=np.float32)  # normalised distance of the owner
     signal = np.zeros(shape, dtype=np.float32)
-    for idx, (c, r, rot) in enumerate(zip(centres, radii, rotations, strict=True), start=1):
+    for idx, (c, r, rot) in enumerate(nuclei, start=1):
         lo = np.maximum(np.floor((c - r.max()) / vs).astype(int) - 1, 0)
         hi = np.minimum(np.ceil((c + r.max()) / vs).astype(int) + 2, shape)
         if (hi <= lo).any():
@@ -174,37 +209,17 @@ def make_nuclei_volume(
     lut = np.zeros(labels.max() + 1, dtype=np.int32)
     lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
     labels = lut[labels]
+    return labels, signal
 
-    grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
-    grain /= grain.std() + 1e-12
-    signal *= 1.0 + texture * grain * (labels > 0)
 
-    artifacts = np.zeros(shape, dtype=bool)
-    for _ in range(n_artifacts):
-        c = (rng.uniform(0, 1, size=3) * np.asarray(shape)).astype(int)
-        rad = max(1, round(1.5 / vs.min()))
-        box = tuple(slice(max(0, a - rad), a + rad + 1) for a in c)
-        artifacts[box] = True
-    signal[artifacts] = 3.0
-
+def _image(rng, signal, vs, psf_sigma_um, background, gradient, photons) -> np.ndarray:
+    """Blur by the PSF, add a smooth background, draw Poisson photon counts."""
+    shape = signal.shape
     signal = ndi.gaussian_filter(signal, np.asarray(psf_sigma_um) / vs)
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
     phase = rng.uniform(0, 2 * np.pi, size=3)
     field = (
         np.sin(1.3 * zz + phase[0]) + np.sin(1.1 * yy + phase[1]) + np.cos(0.9 * xx + phase[2])
     ) / 3.0
-    expected = signal + background + background_gradient * field
-    expected = np.clip(expected, 0, None)
-    counts = rng.poisson(expected * photons).astype(np.float32) / photons
-    image = counts + rng.normal(0, read_noise, size=shape).astype(np.float32)
-    image = np.clip(image, 0, None).astype(np.float32)
-    if dtype == "uint16":
-        image = np.clip(np.round(image * 4000), 0, 65535).astype(np.uint16)
-    elif dtype != "float32":
-        raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
-    return SyntheticVolume(
-        image=image,
-        labels=labels,
-        voxel_size=tuple(float(v) for v in vs),  # type: ignore[arg-type]
-        artifacts=artifacts,
-    )
+    expected = np.clip(signal + background + gradient * field, 0, None)
+    return rng.poisson(expected * photons).astype(np.float32) / photons

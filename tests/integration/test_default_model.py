@@ -8,8 +8,8 @@ import pytest
 
 from cellcut.errors import CheckpointError
 from cellcut.metrics import evaluate
-from cellcut.models import list_models, resolve_model_path, sha256
-from cellcut.segment import segment
+from cellcut.model.registry import list_models, resolve_model_path, sha256
+from cellcut.segmentation import segment
 from cellcut.synthetic import make_nuclei_volume
 
 

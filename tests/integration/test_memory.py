@@ -14,8 +14,8 @@ import pytest
 CHILD = textwrap.dedent(
     """
     import json, sys, torch
-    from cellcut.checkpoint import load_model
-    from cellcut.segment import segment
+    from cellcut.model import load_model
+    from cellcut.segmentation import segment
     torch.set_num_threads(2)
     model = load_model(sys.argv[2])
     def status(key):
@@ -41,8 +41,7 @@ def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
     import torch
     import zarr
 
-    from cellcut.checkpoint import save_checkpoint
-    from cellcut.model import WNet3D
+    from cellcut.model import Checkpoint, WNet3D
 
     shape = (128, 512, 512)  # 128 MB as float32, 1 GB as int64 labels: far above the bound
     image = zarr.create_array(
@@ -58,16 +57,13 @@ def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
     # replaced by a columnar table)
     torch.manual_seed(0)
     model = WNet3D(base_width=2, depth=1)
-    save_checkpoint(
-        tmp_path / "tiny.pt",
-        {
-            "architecture": model.arch.__dict__,
-            "model": model.state_dict(),
-            "config": {"data": {"normalization": "percentile"}},
-            "foreground_classes": [1],
-            "input_scale": 100.0,
-        },
-    )
+    Checkpoint(
+        architecture=model.arch.__dict__,
+        model=model.state_dict(),
+        config={"data": {"normalization": "percentile"}},
+        foreground_classes=[1],
+        input_scale=100.0,
+    ).save(tmp_path / "tiny.pt")
     out = subprocess.run(
         [
             sys.executable,

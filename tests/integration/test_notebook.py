@@ -12,7 +12,7 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "train_wnet.ipynb
 def test_notebook_executes(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    from cellcut.models import model_dirs
+    from cellcut.model.registry import model_dirs
 
     if not any((d / "default.pt").exists() for d in model_dirs()):
         pytest.skip("no default model shipped in this checkout")

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellcut.checkpoint import load_model
 from cellcut.cli import main
-from cellcut.errors import CheckpointError, VolumeError
+from cellcut.errors import CheckpointError, ConfigError, VolumeError
 from cellcut.metrics import match_instances
-from cellcut.segment import cell_statistics, label_blocks, segment
+from cellcut.model import load_model
+from cellcut.segmentation import cell_statistics, label_blocks, segment
 from cellcut.synthetic import make_nuclei_volume
-from cellcut.train import train
+from cellcut.training import train
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_block_labelling_equals_one_piece():
     blocks = np.zeros(prob.shape, np.int32)
     n = label_blocks(
         prob, blocks, method="voronoi-otsu", voxel_size=None, block=(16, 24, 24), halo=(16, 16, 16)
-    )
+    ).n_objects
     assert n == len(np.unique(whole)) - 1 > 20
     matches = match_instances(whole, blocks, thresholds=(0.999,))[0]
     assert matches.tp == n and matches.fp == 0 and matches.fn == 0
@@ -150,7 +150,7 @@ def test_bad_inputs(tmp_path, trained, capsys):
     assert code == 2 and "not a 3D volume" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="does not exist"):
         segment(folder / "img.tif", None, model=tmp_path / "nope.pt")
-    with pytest.raises(VolumeError, match="spot_sigma must be a positive number or 'auto'"):
+    with pytest.raises(ConfigError, match="spot_sigma must be a positive number or 'auto'"):
         segment(folder / "img.tif", None, model=model, spot_sigma=-1.0)
     for bad in ("-2", "big"):
         with pytest.raises(SystemExit):
@@ -159,14 +159,13 @@ def test_bad_inputs(tmp_path, trained, capsys):
 
 
 def test_model_with_mismatched_classes_is_refused(tmp_path, trained):
-    import torch
 
-    from cellcut.checkpoint import load_checkpoint
+    from cellcut.model import Checkpoint
 
     model, _ = trained
-    data = load_checkpoint(model.source)
-    data["foreground_classes"] = [3]
-    torch.save(data, tmp_path / "bad.pt")
+    ckpt = Checkpoint.load(model.source)
+    ckpt.foreground_classes = [3]
+    ckpt.save(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="K=2"):
         load_model(tmp_path / "bad.pt")
 

@@ -10,12 +10,13 @@ import pytest
 import tifffile
 import torch
 
-from cellcut.checkpoint import load_checkpoint, load_model
 from cellcut.config import build_config
 from cellcut.errors import CheckpointError, InputFileError, OutputError, VolumeError
 from cellcut.losses.reconstruction import ReconstructionLoss
+from cellcut.model import Checkpoint, load_model
+from cellcut.model.classes import choose_foreground_classes
 from cellcut.synthetic import make_nuclei_volume
-from cellcut.train import TrainCallback, choose_foreground_classes, train
+from cellcut.training import TrainCallback, train
 
 TINY = {
     "model": {"base_width": 4, "depth": 2},
@@ -202,7 +203,7 @@ def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_is_refused(tmp_p
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         train([], tmp_path / "run", resume=True)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
-        load_checkpoint(run.checkpoint)
+        Checkpoint.load(run.checkpoint)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CheckpointError, match="not a cellcut checkpoint"):
@@ -236,7 +237,7 @@ def test_callback_can_stop_training(tmp_path, volume_file):
     cb = StopAt3()
     run = train([img], tmp_path / "run", config(stop={"steps": 100}), callbacks=[cb])
     assert run.stopped_by == "stop requested" and run.step == 4
-    assert load_checkpoint(run.checkpoint)["step"] == 4
+    assert Checkpoint.load(run.checkpoint).step == 4
 
 
 class _ThresholdModel(torch.nn.Module):
@@ -254,8 +255,8 @@ class _ThresholdModel(torch.nn.Module):
 
 
 def test_model_centres_are_the_soft_class_means(volume_file):
-    from cellcut.data import load_volumes
-    from cellcut.train import model_centres
+    from cellcut.training.data import load_volumes
+    from cellcut.training.session import model_centres
 
     img, _ = volume_file
     cfg = config()
@@ -277,21 +278,21 @@ def test_model_centres_are_the_soft_class_means(volume_file):
 def test_fine_tuning_holds_the_starting_models_class_centres(tmp_path, volume_file):
     img, _ = volume_file
     base = train([img], tmp_path / "base", config(stop={"steps": 6}))
-    base_state = load_checkpoint(base.checkpoint)
-    assert base_state["intensity_momentum"] == 0.01
+    base_state = Checkpoint.load(base.checkpoint)
+    assert base_state.intensity_momentum == 0.01
     tuned = train(
         [img], tmp_path / "tuned", config(stop={"steps": 6}), from_pretrained=base.checkpoint
     )
-    state = load_checkpoint(tuned.checkpoint)
-    assert state["intensity_momentum"] == 0.0
-    from cellcut.data import load_volumes
-    from cellcut.train import model_centres
+    state = Checkpoint.load(tuned.checkpoint)
+    assert state.intensity_momentum == 0.0
+    from cellcut.training.data import load_volumes
+    from cellcut.training.session import model_centres
 
     cfg = config()
     start = model_centres(
         base.model, load_volumes([img], cfg.data), cfg, 100.0, torch.device("cpu"), np.zeros(2)
     )
-    np.testing.assert_allclose(state["intensity_centres"], start, rtol=1e-6)
+    np.testing.assert_allclose(state.intensity_centres, start, rtol=1e-6)
     # asked for explicitly, Otsu centres that follow the batches
     otsu = train(
         [img],
@@ -299,12 +300,12 @@ def test_fine_tuning_holds_the_starting_models_class_centres(tmp_path, volume_fi
         config(stop={"steps": 6}, loss={"intensity_centres": "otsu"}),
         from_pretrained=base.checkpoint,
     )
-    assert load_checkpoint(otsu.checkpoint)["intensity_momentum"] == 0.01
+    assert Checkpoint.load(otsu.checkpoint).intensity_momentum == 0.01
     # a resumed fine-tuning run keeps its held centres
     part = train(
         [img], tmp_path / "part", config(stop={"steps": 4}), from_pretrained=base.checkpoint
     )
     resumed = train([], part.run_dir, resume=True, overrides=["stop.steps=6"])
-    end = load_checkpoint(resumed.checkpoint)
-    assert end["intensity_momentum"] == 0.0
-    np.testing.assert_allclose(end["intensity_centres"], state["intensity_centres"], rtol=1e-6)
+    end = Checkpoint.load(resumed.checkpoint)
+    assert end.intensity_momentum == 0.0
+    np.testing.assert_allclose(end.intensity_centres, state.intensity_centres, rtol=1e-6)

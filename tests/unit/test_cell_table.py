@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellcut.segment import CellTable, cell_statistics, write_stats_csv
+from cellcut.segmentation import CellTable, cell_statistics, write_stats_csv
 
 
 def test_rows_read_from_columns_with_python_types():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from cellcut.diagnostics import LossMonitor
+from cellcut.training.diagnostics import LossMonitor
 
 
 def feed(monitor, ncuts, rec_ratio=0.2):

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 try:  # the compiled offset loop; optional (see setup.py)
-    from cellcut.losses import _affinity as NATIVE
+    import cellcut.losses._affinity as NATIVE
 except ImportError as error:  # pragma: no cover - depends on the install
     NATIVE = None
     _NATIVE_ERROR = str(error)

@@ -1,7 +1,7 @@
 """napari plugin of cellcut: train, segment and evaluate from the viewer.
 
-A thin layer over the Python API (``cellcut.train``, ``cellcut.segment.segment``,
+A thin layer over the Python API (``cellcut.train``, ``cellcut.segment``,
 ``cellcut.metrics.evaluate``). Long work runs in a worker thread; the training loop reports
-through a :class:`~cellcut.train.TrainCallback` that fills a queue, which the widget drains on a
+through a :class:`~cellcut.training.TrainCallback` that fills a queue, which the widget drains on a
 timer in the GUI thread, so the core never imports Qt. Needs ``pip install 'cellcut[napari]'``.
 """

@@ -24,8 +24,26 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cellcut.config import (
+    INSTANCE_CHOICES,
+    MANUAL_SPOT_SIGMA,
+    SEGMENT_DEFAULTS,
+    DataConfig,
+    LossConfig,
+    TrainConfig,
+)
 from cellcut.errors import CellcutError
-from cellcut.train import TrainCallback
+from cellcut.io import Volume
+from cellcut.training import TrainCallback
+
+TRAIN_DEFAULTS = TrainConfig()
+
+
+def _choices(model: type, name: str) -> list[str]:
+    """The allowed values of a Literal setting, from the config that defines it."""
+    from typing import get_args
+
+    return list(get_args(model.model_fields[name].annotation))
 
 
 def _layers(viewer, kind: str) -> list:
@@ -67,9 +85,6 @@ class _QueueCallback(TrainCallback):
 
     def on_diagnosis(self, diagnosis) -> None:
         self.q.put(("diagnosis", diagnosis.message))
-
-    def on_checkpoint(self, path) -> None:
-        self.q.put(("checkpoint", str(path)))
 
     def stop_requested(self) -> bool:
         return self.stop.is_set()
@@ -113,26 +128,43 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        d = TRAIN_DEFAULTS
         self.images = mw.Select(label="images", choices=self._image_names)
-        self.n_classes = mw.SpinBox(label="classes (K)", value=2, min=2, max=16)
-        self.patch = mw.SpinBox(label="patch size", value=64, min=16, max=256, step=16)
+        self.n_classes = mw.SpinBox(label="classes (K)", value=d.model.n_classes, min=2, max=16)
+        self.patch = mw.SpinBox(
+            label="patch size", value=d.data.patch_size[-1], min=16, max=256, step=16
+        )
         self.limit = mw.ComboBox(
             label="stop after", choices=["minutes", "steps", "epochs"], value="minutes"
         )
-        self.amount = mw.FloatSpinBox(label="amount", value=5.0, min=0.05, max=100000)
-        self.lr = mw.FloatSpinBox(label="learning rate", value=1e-3, min=1e-6, max=1.0, step=1e-4)
-        self.ncut_weight = mw.FloatSpinBox(label="N-cut weight", value=0.5, min=0, max=100)
-        self.rec_weight = mw.FloatSpinBox(label="reconstruction weight", value=0.5, min=0, max=100)
-        self.rec_kind = mw.ComboBox(label="reconstruction", choices=["mse", "bce"], value="mse")
+        self.amount = mw.FloatSpinBox(label="amount", value=d.stop.minutes, min=0.05, max=100000)
+        self.lr = mw.FloatSpinBox(
+            label="learning rate", value=d.optimizer.lr, min=1e-6, max=1.0, step=1e-4
+        )
+        self.ncut_weight = mw.FloatSpinBox(
+            label="N-cut weight", value=d.loss.ncut_weight, min=0, max=100
+        )
+        self.rec_weight = mw.FloatSpinBox(
+            label="reconstruction weight", value=d.loss.rec_weight, min=0, max=100
+        )
+        self.rec_kind = mw.ComboBox(
+            label="reconstruction",
+            choices=_choices(LossConfig, "reconstruction"),
+            value=d.loss.reconstruction,
+        )
         self.intensity_weight = mw.FloatSpinBox(
-            label="class-intensity weight", value=1.0, min=0, max=100
+            label="class-intensity weight", value=d.loss.intensity_weight, min=0, max=100
         )
         self.normalization = mw.ComboBox(
-            label="normalization", choices=["percentile", "remap", "none"], value="percentile"
+            label="normalization",
+            choices=_choices(DataConfig, "normalization"),
+            value=d.data.normalization,
         )
-        self.sigma = mw.LineEdit(label="σ_I", value="auto")
+        self.sigma = mw.LineEdit(label="σ_I", value=str(d.loss.intensity_sigma))
         self.suggest = mw.PushButton(text="suggest σ_I from the image")
-        self.spatial_sigma = mw.FloatSpinBox(label="σ_X (voxels)", value=4.0, min=0.5, max=50)
+        self.spatial_sigma = mw.FloatSpinBox(
+            label="σ_X (voxels)", value=d.loss.spatial_sigma, min=0.5, max=50
+        )
         self.pretrained = mw.ComboBox(
             label="start from", choices=["default model", "scratch", "file"], value="default model"
         )
@@ -216,29 +248,27 @@ class TrainWidget(QWidget):
             f"cells {s.foreground_mean:.3g}, noise {s.noise:.3g}"
         )
 
-    def settings(self) -> list[str]:
+    def settings(self) -> dict[str, Any]:
+        """The form as overrides of the training defaults (setting name -> value)."""
         sigma = self.sigma.value.strip() or "auto"
-        stop = {"minutes": "stop.minutes", "steps": "stop.steps", "epochs": "stop.epochs"}
         amount = self.amount.value if self.limit.value == "minutes" else int(self.amount.value)
-        overrides = [
-            "stop.minutes=null",
-            "stop.steps=null",
-            "stop.epochs=null",
-            f"{stop[self.limit.value]}={amount}",
-            f"model.n_classes={self.n_classes.value}",
-            f"data.patch_size=[{self.patch.value}, {self.patch.value}, {self.patch.value}]",
-            f"data.normalization={self.normalization.value}",
-            f"optimizer.lr={self.lr.value}",
-            f"loss.ncut_weight={self.ncut_weight.value}",
-            f"loss.rec_weight={self.rec_weight.value}",
-            f"loss.reconstruction={self.rec_kind.value}",
-            f"loss.intensity_weight={self.intensity_weight.value}",
-            f"loss.intensity_sigma={sigma}",
-            f"loss.spatial_sigma={self.spatial_sigma.value}",
-            "log.progress=false",
-            "log.every=5",
-        ]
-        return overrides
+        limits = {f"stop.{name}": None for name in ("minutes", "steps", "epochs")}
+        limits[f"stop.{self.limit.value}"] = amount
+        return {
+            **limits,
+            "model.n_classes": self.n_classes.value,
+            "data.patch_size": [self.patch.value] * 3,
+            "data.normalization": self.normalization.value,
+            "optimizer.lr": self.lr.value,
+            "loss.ncut_weight": self.ncut_weight.value,
+            "loss.rec_weight": self.rec_weight.value,
+            "loss.reconstruction": self.rec_kind.value,
+            "loss.intensity_weight": self.intensity_weight.value,
+            "loss.intensity_sigma": sigma if sigma == "auto" else float(sigma),
+            "loss.spatial_sigma": self.spatial_sigma.value,
+            "log.progress": False,
+            "log.every": 5,
+        }
 
     def start(self) -> None:
         layers = self.selected_layers()
@@ -256,16 +286,15 @@ class TrainWidget(QWidget):
         if self.worker is not None:
             show_error("a training is already running")
             return
-        folder = Path(tempfile.mkdtemp(prefix="cellcut-napari-"))
-        paths = []
-        import tifffile
-
-        for i, layer in enumerate(layers):
-            path = folder / f"layer{i}.tif"
-            tifffile.imwrite(path, np.asarray(layer.data))
-            paths.append(path)
-        voxel = tuple(float(v) for v in layers[0].scale[-3:])
-        overrides = [*self.settings(), f"data.voxel_size=[{voxel[0]}, {voxel[1]}, {voxel[2]}]"]
+        volumes = [
+            Volume(layer.data, tuple(float(v) for v in layer.scale[-3:]), layer.name)
+            for layer in layers
+        ]
+        try:
+            overrides = self.settings()
+        except ValueError:
+            show_error(f"σ_I {self.sigma.value!r} is not a number: give a positive number or auto")
+            return
         pretrained = {
             "default model": "default",
             "scratch": None,
@@ -279,10 +308,10 @@ class TrainWidget(QWidget):
         callback = _QueueCallback(self.queue, self.stop_event)
 
         def job():
-            from cellcut.train import train
+            from cellcut.training import train
 
             return train(
-                paths,
+                volumes,
                 self.out.value,
                 overrides=overrides,
                 from_pretrained=pretrained,
@@ -319,8 +348,6 @@ class TrainWidget(QWidget):
             elif kind == "diagnosis":
                 self.messages.append(payload)
                 show_info(payload)
-            elif kind == "checkpoint":
-                self.last_checkpoint = payload
 
     def _finished(self, run) -> None:
         self.drain()
@@ -354,17 +381,22 @@ class SegmentWidget(QWidget):
         self.model_path = mw.FileEdit(label="model path", mode="r")
         self.use_scale = mw.CheckBox(label="voxel size from the layer's scale", value=True)
         self.voxel = mw.TupleEdit(label="voxel size (z, y, x) µm", value=(1.0, 1.0, 1.0))
-        self.method = mw.ComboBox(
-            label="instances",
-            choices=["voronoi-otsu", "watershed", "connected", "none"],
-            value="voronoi-otsu",
+        d = SEGMENT_DEFAULTS
+        self.method = mw.ComboBox(label="instances", choices=INSTANCE_CHOICES, value=d.instances)
+        auto = d.spot_sigma == "auto"
+        self.spot_auto = mw.CheckBox(label="spot σ from the nuclei's size", value=auto)
+        self.spot_sigma = mw.FloatSpinBox(
+            label="spot σ (µm)",
+            value=MANUAL_SPOT_SIGMA if auto else d.spot_sigma,
+            min=0.1,
+            max=50,
         )
-        self.spot_auto = mw.CheckBox(label="spot σ from the nuclei's size", value=True)
-        self.spot_sigma = mw.FloatSpinBox(label="spot σ (µm)", value=2.0, min=0.1, max=50)
-        self.spot_sigma.enabled = False
+        self.spot_sigma.enabled = not auto
         self.spot_auto.changed.connect(lambda v: setattr(self.spot_sigma, "enabled", not v))
-        self.outline_sigma = mw.FloatSpinBox(label="outline σ (µm)", value=1.0, min=0.1, max=50)
-        self.min_volume = mw.FloatSpinBox(label="min volume", value=0.0, min=0, max=1e9)
+        self.outline_sigma = mw.FloatSpinBox(
+            label="outline σ (µm)", value=d.outline_sigma, min=0.1, max=50
+        )
+        self.min_volume = mw.FloatSpinBox(label="min volume", value=d.min_volume, min=0, max=1e9)
         self.form = mw.Container(
             widgets=[
                 self.image,
@@ -441,7 +473,7 @@ class SegmentWidget(QWidget):
         )
 
         def job():
-            from cellcut.segment import segment
+            from cellcut.segmentation import segment
 
             return segment(data, None, **kwargs)
 
@@ -507,7 +539,7 @@ class SegmentWidget(QWidget):
         if self.result is None:
             show_error("nothing to save yet: segment an image first")
             return
-        from cellcut.segment import write_stats_csv
+        from cellcut.segmentation import write_stats_csv
 
         path = write_stats_csv(self.save_path.value, self.result.stats, overwrite=True)
         show_info(f"saved {path}")

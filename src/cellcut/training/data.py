@@ -1,9 +1,8 @@
-"""Training data: volumes on disk -> normalized tensors -> random, augmented patches.
+"""Training data: volumes (files or arrays) -> normalized tensors -> random, augmented patches.
 
-Volumes (files, folders, globs, zarr stores) are read once, normalized per volume as
-configured, and kept as float32 tensors in shared memory, so DataLoader workers (if any) see
-the same memory instead of each copying every volume. Volumes smaller than a patch are padded
-by reflection, never with zeros. A slab of each volume (the last ``val_fraction`` along its
+Volumes (files, folders, globs, zarr stores, or in-memory arrays) are read once, normalized per
+volume as configured, and kept as float32 tensors. Volumes smaller than a patch are padded by
+reflection, never with zeros. A slab of each volume (the last ``val_fraction`` along its
 longest axis) is held back for validation patches.
 """
 
@@ -11,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,15 @@ import torch
 
 from cellcut.config import AugmentConfig, DataConfig
 from cellcut.errors import InputFileError, VolumeError
-from cellcut.io import FORMATS, detect_format, read_volume
+from cellcut.io import (
+    FORMATS,
+    Volume,
+    check_volume_array,
+    check_volume_values,
+    check_voxel_size,
+    detect_format,
+    read_volume,
+)
 from cellcut.normalize import Normalization, fit_normalization
 
 
@@ -29,7 +36,7 @@ class TrainingVolume:
     """A normalized volume with its training and validation regions."""
 
     name: str
-    data: torch.Tensor  # (z, y, x) float32, shared memory
+    data: torch.Tensor  # (z, y, x) float32
     voxel_size: tuple[float, float, float] | None
     normalization: Normalization
     train_region: tuple[slice, slice, slice]
@@ -100,12 +107,16 @@ def _regions(shape: Sequence[int], val_fraction: float):
     return tuple(train), tuple(val)
 
 
-def load_volume(location: str, config: DataConfig) -> TrainingVolume:
-    """Read and normalize one volume for training."""
-    vol = read_volume(location, channel=config.channel)
-    data = vol.numpy()
-    norm = fit_normalization(data, config.normalization, source=location)
-    x = torch.from_numpy(norm(data)).share_memory_()
+Source = str | os.PathLike | np.ndarray | Volume
+"""A training volume: a path, folder or glob, or an in-memory (z, y, x) array or Volume."""
+
+
+def _prepare(
+    data: np.ndarray, name: str, source: str, voxel_size, config: DataConfig
+) -> TrainingVolume:
+    """Normalize a (z, y, x) array and find its regions and bright voxels."""
+    norm = fit_normalization(data, config.normalization, source=source)
+    x = torch.from_numpy(norm(data))
     train, val = _regions(x.shape, config.val_fraction)
     sub = x[train].numpy()
     from skimage.filters import threshold_otsu
@@ -114,13 +125,44 @@ def load_volume(location: str, config: DataConfig) -> TrainingVolume:
     coords = np.argwhere(sub > t)
     if len(coords) > 100_000:
         coords = coords[np.random.default_rng(0).choice(len(coords), 100_000, replace=False)]
+    return TrainingVolume(name, x, voxel_size, norm, train, val, coords)
+
+
+def load_volume(location: str, config: DataConfig) -> TrainingVolume:
+    """Read and normalize one volume file for training."""
+    vol = read_volume(location, channel=config.channel)
     voxel_size = config.voxel_size or vol.voxel_size
-    return TrainingVolume(Path(location).name, x, voxel_size, norm, train, val, coords)
+    return _prepare(vol.numpy(), Path(location).name, location, voxel_size, config)
 
 
-def load_volumes(specs: Sequence[str | os.PathLike], config: DataConfig) -> list[TrainingVolume]:
-    """Find, read and normalize all training volumes."""
-    return [load_volume(p, config) for p in find_volumes(specs)]
+def array_volume(source: np.ndarray | Volume, index: int, config: DataConfig) -> TrainingVolume:
+    """Normalize one in-memory volume for training (voxel size: the config's, else the
+    Volume's)."""
+    vol = source if isinstance(source, Volume) else Volume(source, None, f"array {index}")
+    data = np.asarray(vol.data)
+    check_volume_array(data, vol.source)
+    check_volume_values(data, vol.source)
+    voxel_size = config.voxel_size or (
+        check_voxel_size(vol.voxel_size) if vol.voxel_size is not None else None
+    )
+    return _prepare(data, vol.source, vol.source, voxel_size, config)
+
+
+def is_path(source: Source) -> bool:
+    return isinstance(source, (str, os.PathLike))
+
+
+def load_volumes(sources: Sequence[Source], config: DataConfig) -> list[TrainingVolume]:
+    """Find, read and normalize all training volumes, in the order given."""
+    volumes: list[TrainingVolume] = []
+    for i, source in enumerate(sources):
+        if is_path(source):
+            volumes += [load_volume(p, config) for p in find_volumes([source])]
+        else:
+            volumes.append(array_volume(source, i, config))
+    if not volumes:
+        find_volumes([])  # raises: no image was given
+    return volumes
 
 
 def _crop_with_reflection(
@@ -221,32 +263,6 @@ class PatchSampler:
         self.rng.bit_generator.state = state
 
 
-class PatchDataset(torch.utils.data.IterableDataset):
-    """An endless stream of patches for ``torch.utils.data.DataLoader`` workers.
-
-    Volumes live in shared memory; each worker gets its own sampler seeded from the base seed
-    and its worker id.
-    """
-
-    def __init__(self, sampler: PatchSampler, seed: int = 0) -> None:
-        self.sampler = sampler
-        self.seed = seed
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        info = torch.utils.data.get_worker_info()
-        sampler = self.sampler
-        if info is not None:
-            sampler = PatchSampler(
-                sampler.volumes,
-                sampler.patch_size,
-                sampler.augment,
-                sampler.foreground_bias,
-                seed=self.seed + 1000 * info.id + 1,
-            )
-        while True:
-            yield sampler.patch()
-
-
 def validation_patches(
     volumes: Sequence[TrainingVolume], patch_size: Sequence[int], n: int, seed: int = 1234
 ) -> torch.Tensor | None:
@@ -265,3 +281,24 @@ def validation_patches(
         ]
         patches.append(_crop_with_reflection(vol.data, vol.val_region, start, patch_size)[None])
     return torch.stack(patches)
+
+
+def fixed_patches(
+    volumes: Sequence[TrainingVolume],
+    patch_size: Sequence[int],
+    augment: AugmentConfig,
+    foreground_bias: float,
+    n: int,
+    seed: int,
+) -> torch.Tensor:
+    """``n`` patches drawn like training ones (same size and foreground bias), unaugmented."""
+    plain = augment.model_copy(
+        update={
+            "flips": False,
+            "rotations": False,
+            "intensity_scale": 0.0,
+            "intensity_shift": 0.0,
+            "noise": 0.0,
+        }
+    )
+    return PatchSampler(volumes, patch_size, plain, foreground_bias, seed=seed).batch(n)

@@ -72,8 +72,9 @@ class _CPUConv3dFunction(torch.autograd.Function):
     """A stride-1 3D convolution that always takes oneDNN's (mkldnn) kernels on the CPU.
 
     PyTorch falls back to a slow reference kernel when batch × channels × depth × height
-    ≤ 20480, which in a U-Net at batch 1 hits every level below the first: measured 10-20×
-    slower forward and backward (``benchmarks/bench_conv.py``). Here the forward calls oneDNN
+    ≤ 20480, which in a U-Net at batch 1 hits every level below the first (measured 10-20×
+    slower forward and backward on two CPU cores; the training-step benchmark,
+    ``benchmarks/bench_train_step.py``, shows the whole effect). Here the forward calls oneDNN
     directly, and the backward gives the same computation a second, all-zero sample, which
     turns oneDNN on and changes no gradient (a zero input contributes nothing to the weight
     gradient, a zero output gradient nothing to anything).
@@ -246,7 +247,7 @@ class WNet3D(nn.Module):
         self.arch = arch
         self.encoder = UNet3D(arch, arch.in_channels, arch.n_classes)
         self.decoder = UNet3D(arch, arch.n_classes, arch.out_channels)
-        # channels-last 3D is 1.3x faster for oneDNN's convolutions on the CPU (benchmarks/)
+        # channels-last 3D: oneDNN's CPU convolutions ran 1.3x faster this way (measured once)
         self.to(memory_format=torch.channels_last_3d)
 
     @classmethod

@@ -1,4 +1,8 @@
-"""Where trained models come from: the shipped default, CELLCUT_MODELS, or a path."""
+"""Where trained models come from: the shipped default, CELLCUT_MODELS, or a path.
+
+Named models are ``NAME.pt`` checkpoints with a ``NAME.sha256`` beside them (checked on every
+load) and an optional model card ``NAME.md``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from cellcut.errors import CheckpointError
+from cellcut.model.checkpoint import Checkpoint
 
 DEFAULT_NAME = "default"
 
@@ -112,27 +117,8 @@ def export_model(checkpoint: str | os.PathLike, dest: str | os.PathLike, card: s
     Drops the optimizer and random states (a shipped model is for inference and fine-tuning),
     writes ``NAME.pt``, its ``NAME.sha256`` and, if given, the model card ``NAME.md``.
     """
-    from cellcut.checkpoint import load_checkpoint, save_checkpoint
-
-    data = load_checkpoint(checkpoint)
-    keep = (
-        "config",
-        "architecture",
-        "model",
-        "step",
-        "elapsed_s",
-        "intensity_sigma",
-        "suggested_intensity_sigma",
-        "input_scale",
-        "foreground_classes",
-        "history",
-        "intensity_centres",
-        "images",
-    )
-    slim = {k: data[k] for k in keep if k in data}
-    slim["model"] = {k: v.clone() for k, v in slim["model"].items()}
     target = Path(dest)
-    save_checkpoint(target, slim)
+    Checkpoint.load(checkpoint).for_inference().save(target)
     target.with_suffix(".sha256").write_text(f"{sha256(target)}  {target.name}\n")
     if card:
         target.with_suffix(".md").write_text(card)

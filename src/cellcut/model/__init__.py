@@ -1,0 +1,32 @@
+"""The model: the 3D W-Net (``network``), its file format (``checkpoint``), where named models
+come from (``registry``) and which of its classes are the cells (``classes``).
+
+Knows nothing about training or segmentation; both stand on it.
+"""
+
+from cellcut.model.checkpoint import CHECKPOINT_NAME, Checkpoint, LoadedModel, load_model
+from cellcut.model.network import (
+    Conv3d,
+    UNet3D,
+    WNet3D,
+    WNetArchitecture,
+    WNetOutput,
+    count_parameters,
+)
+from cellcut.model.registry import export_model, list_models, resolve_model_path
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "Checkpoint",
+    "Conv3d",
+    "LoadedModel",
+    "UNet3D",
+    "WNet3D",
+    "WNetArchitecture",
+    "WNetOutput",
+    "count_parameters",
+    "export_model",
+    "list_models",
+    "load_model",
+    "resolve_model_path",
+]

@@ -1,0 +1,261 @@
+"""``segment()``: a volume of any size -> probability, instance labels, statistics, picture.
+
+The orchestrator only: open the image, check every output, load the model, then four stages
+(:mod:`~cellcut.segmentation.predict`, :mod:`~cellcut.segmentation.labelling`,
+:mod:`~cellcut.segmentation.statistics`, writing), each block by block. Normalization
+statistics are computed once over the whole volume (sampled). Peak memory is set by the block,
+halo and window sizes, not by the volume: intermediate arrays live in a temporary zarr store
+unless the volume is small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellcut.blocks import tiles
+from cellcut.config import SegmentOptions, segment_options
+from cellcut.io import (
+    Volume,
+    check_output,
+    check_volume_array,
+    check_volume_values,
+    import_zarr,
+    read_volume,
+    write_json,
+    write_volume,
+    zarr_block_io,
+)
+from cellcut.model import LoadedModel
+from cellcut.normalize import fit_normalization
+from cellcut.runtime import release_free_memory, resolve_device
+from cellcut.segmentation.labelling import Labelling, instance_halo, label_blocks
+from cellcut.segmentation.predict import Progress, predict_probability, resolve_model
+from cellcut.segmentation.statistics import cell_statistics, write_stats_csv
+
+WORK_IN_MEMORY_BYTES = 256 * 2**20
+"""Below this size (of the float32 probability), intermediate arrays stay in memory instead of
+a temporary zarr store."""
+RETURN_ARRAYS_BYTES = 64 * 2**20
+"""Below this size (of the float32 probability), labels and probability are returned in the
+result as arrays as well as written."""
+
+
+@dataclass
+class SegmentResult:
+    """Where everything went, and the numbers."""
+
+    labels_path: Path | None
+    probability_path: Path | None
+    stats_path: Path | None
+    overview_path: Path | None
+    n_cells: int
+    stats: Sequence[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = None  # kept when small (RETURN_ARRAYS_BYTES) or asked for
+    probability: np.ndarray | None = None
+
+
+@dataclass
+class _Outputs:
+    labels: str | os.PathLike | None
+    probability: str | os.PathLike | None
+    stats: str | os.PathLike | None
+    overview: str | os.PathLike | None
+    overwrite: bool
+
+    def check(self) -> None:
+        """Before any work: every output can be written (and exists only with overwrite)."""
+        for target in (self.labels, self.stats, self.probability, self.overview):
+            if target is not None:
+                check_output(target, self.overwrite)
+
+
+def segment(
+    image: str | os.PathLike | np.ndarray | Volume,
+    out: str | os.PathLike | None = None,
+    *,
+    model: str | os.PathLike | LoadedModel | None = None,
+    options: SegmentOptions | dict[str, Any] | None = None,
+    stats: str | os.PathLike | None = None,
+    probability_out: str | os.PathLike | None = None,
+    overview: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    keep_in_memory: bool | None = None,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> SegmentResult:
+    """Segment a volume with a trained W-Net: probability, instance labels, statistics, picture.
+
+    Parameters
+    ----------
+    image
+        Path (read lazily), array or :class:`~cellcut.io.Volume`.
+    out
+        Labels output (.tif, .zarr, .ome.zarr, .h5[:dataset], .npy, .nii); None keeps them in
+        memory only (``result.labels``).
+    model
+        None or ``"default"`` (the shipped model), a model name, a checkpoint/run path, or a
+        :class:`~cellcut.model.LoadedModel`.
+    options, settings
+        Segmentation settings (:class:`cellcut.config.SegmentOptions`, where their defaults
+        live): ``options`` as an object or dict, then keyword ``settings`` on top, e.g.
+        ``voxel_size=(5, 2, 2)``, ``instances="watershed"``, ``window=64``, ``overlap=0.25``,
+        ``block=256``, ``halo``, ``batch_size``, ``device``, ``channel``, ``time``,
+        ``spot_sigma`` (``"auto"``: measured once for the whole volume and written to the
+        summary), ``outline_sigma``, ``min_distance``, ``min_volume``, ``max_volume``.
+    stats, probability_out, overview
+        Optional outputs: per-cell CSV (a ``.summary.json`` is written beside it), the
+        foreground probability volume, and an overview PNG.
+    overwrite
+        Replace outputs that exist.
+    keep_in_memory
+        Hold intermediate arrays in memory (default: when the volume is small).
+    progress
+        Called as ``progress(stage, blocks_done, blocks_total)``.
+    """
+    opts = segment_options(options, **settings)
+    vol = _open(image, opts)
+    voxel_size = opts.voxel_size or vol.voxel_size
+    outputs = _Outputs(out, probability_out, stats, overview, overwrite)
+    outputs.check()
+    device = resolve_device(opts.device)
+    loaded = resolve_model(model, device)
+    with zarr_block_io():
+        norm = fit_normalization(vol.data, loaded.normalization, source=vol.source)
+    release_free_memory()
+    nbytes = int(np.prod(vol.shape)) * 4
+    in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES
+    block = opts.triple("block")
+    with zarr_block_io(), _workspace(vol.shape, block, in_memory) as new_array:
+        prob = new_array("probability", np.float32)
+        predict_probability(
+            vol.data,
+            loaded,
+            prob,
+            window=opts.triple("window"),
+            overlap=opts.overlap,
+            block=block,
+            batch_size=opts.batch_size,
+            device=device,
+            normalization=norm,
+            progress=progress,
+        )
+        release_free_memory()
+        if opts.instances == "none":
+            labels = new_array("mask", np.uint8)
+            for core in tiles(vol.shape, block):
+                labels[core] = (np.asarray(prob[core]) > 0.5).astype(np.uint8)
+            labelling, rows, summary = Labelling(0), [], {}
+        else:
+            labels = new_array("labels", np.int32)
+            labelling = _label(prob, labels, opts, voxel_size, progress)
+            rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
+            summary.update(_labelling_summary(opts, labelling))
+        result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
+        result.n_cells = labelling.n_objects
+        if in_memory or nbytes < RETURN_ARRAYS_BYTES:
+            result.labels, result.probability = np.asarray(labels[...]), np.asarray(prob[...])
+        return result
+
+
+def _open(image: str | os.PathLike | np.ndarray | Volume, opts: SegmentOptions) -> Volume:
+    if isinstance(image, Volume):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return read_volume(image, channel=opts.channel, time=opts.time, lazy=True, validate=False)
+    arr = np.asarray(image)
+    check_volume_array(arr, "array")
+    check_volume_values(arr, "array")
+    return Volume(arr, None, "array")
+
+
+@contextlib.contextmanager
+def _workspace(shape: Sequence[int], block: Sequence[int], in_memory: bool) -> Iterator[Any]:
+    """Makes zero-filled intermediate arrays: in memory, or chunked zarr in a temporary folder
+    removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="cellcut-segment-"))
+
+    def new_array(name: str, dtype: Any) -> Any:
+        if in_memory:
+            return np.zeros(shape, dtype=dtype)
+        return import_zarr().create_array(
+            str(folder / f"{name}.zarr"),
+            shape=tuple(shape),
+            dtype=dtype,
+            chunks=tuple(min(c, s) for c, s in zip(block, shape, strict=True)),
+            fill_value=0,
+        )
+
+    try:
+        yield new_array
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _label(
+    prob: Any,
+    labels: Any,
+    opts: SegmentOptions,
+    voxel_size: Sequence[float] | None,
+    progress: Progress | None,
+) -> Labelling:
+    halo = opts.triple("halo") or instance_halo(opts.triple("window"), voxel_size)
+    labelling = label_blocks(
+        prob,
+        labels,
+        method=opts.instances,
+        voxel_size=voxel_size,
+        block=opts.triple("block"),
+        halo=halo,
+        progress=progress,
+        **opts.instance_options(),
+    )
+    release_free_memory()
+    return labelling
+
+
+def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, Any]:
+    summary: dict[str, Any] = {"instances": opts.instances}
+    if opts.instances == "voronoi-otsu":
+        summary["spot_sigma"] = labelling.spot_sigma
+        summary["median_object_radius"] = labelling.median_radius
+    return summary
+
+
+def _write(
+    outputs: _Outputs,
+    vol: Volume,
+    prob: Any,
+    labels: Any,
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    voxel_size: Sequence[float] | None,
+    block: Sequence[int],
+) -> SegmentResult:
+    """Write every output asked for; labels and probability stream from their arrays."""
+    result = SegmentResult(None, None, None, None, 0, rows, summary)
+    if outputs.labels is not None:
+        result.labels_path = write_volume(
+            outputs.labels, labels, voxel_size=voxel_size, overwrite=outputs.overwrite
+        )
+    if outputs.probability is not None:
+        result.probability_path = write_volume(
+            outputs.probability, prob, voxel_size=voxel_size, overwrite=outputs.overwrite
+        )
+    if outputs.stats is not None:
+        result.stats_path = write_stats_csv(outputs.stats, rows, outputs.overwrite)
+        write_json(Path(result.stats_path).with_suffix(".summary.json"), summary)
+    if outputs.overview is not None:
+        from cellcut.figures import plot_overview
+
+        result.overview_path = plot_overview(vol.data, labels, outputs.overview, block=block)
+    return result

@@ -1,0 +1,170 @@
+"""A training run as the outside sees it: callbacks, the result, and the run folder's files.
+
+The run folder holds ``config.yaml``, ``checkpoint.pt``, ``metrics.csv`` (one row per log
+point), ``diagnostics.txt``, ``losses.png`` and ``preview.png``. Progress reaches the caller
+only through :class:`TrainCallback` s, so a GUI can run training in a worker thread without the
+core importing any GUI toolkit.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellcut.config import TrainConfig
+from cellcut.errors import OutputError
+from cellcut.model import CHECKPOINT_NAME, WNet3D
+from cellcut.training.diagnostics import Diagnosis
+
+METRIC_FIELDS = [
+    "step",
+    "epoch",
+    "elapsed_s",
+    "lr",
+    "ncut",
+    "reconstruction",
+    "intensity",
+    "total",
+    "rec_ratio",
+    "val_ncut",
+    "val_reconstruction",
+    "val_intensity",
+    "val_total",
+    "val_dice",
+    "val_f1",
+]
+"""Columns of ``metrics.csv`` (``intensity``: the class-intensity term, empty when off)."""
+
+
+class TrainCallback:
+    """Hooks into a training run; override what you need. Called in the training thread."""
+
+    def on_start(self, run: TrainingRun) -> None:
+        """Before the first step (``run.step`` is the starting step)."""
+
+    def on_log(self, record: dict[str, float]) -> None:
+        """At every log point, with the row written to ``metrics.csv``."""
+
+    def on_diagnosis(self, diagnosis: Diagnosis) -> None:
+        """When the loss monitor notices something (see :mod:`cellcut.training.diagnostics`)."""
+
+    def on_checkpoint(self, path: Path) -> None:
+        """After a checkpoint is written."""
+
+    def on_end(self, run: TrainingRun) -> None:
+        """After the final checkpoint and pictures."""
+
+    def stop_requested(self) -> bool:
+        """Return True to stop after the current step (the last checkpoint is kept)."""
+        return False
+
+
+@dataclass
+class TrainingRun:
+    """What a training run produced (and, during the run, where it is)."""
+
+    run_dir: Path
+    config: TrainConfig
+    model: WNet3D
+    intensity_sigma: float
+    suggested_sigma: float
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    foreground_classes: list[int] = field(default_factory=list)
+    stopped_by: str = ""
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Check the run folder for a new run or a resume, and create it if needed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(
+            "cannot write run",
+            "the path exists and is not a folder",
+            "choose a folder for --out",
+            file=out,
+        )
+    if resume:
+        if not (out / CHECKPOINT_NAME).exists():
+            raise OutputError(
+                "cannot resume",
+                "the folder holds no checkpoint",
+                "give the run folder of an earlier `cellcut train`",
+                file=out,
+            )
+        return out
+    if (out / CHECKPOINT_NAME).exists() and not overwrite:
+        raise OutputError(
+            "run folder in use",
+            "it already holds a training run",
+            "pass --resume to continue it, --overwrite to replace it, or choose another --out",
+            file=out,
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".cellcut-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(
+            "cannot write run",
+            f"the folder is not writable ({e.strerror or e})",
+            "choose a folder you can write to",
+            file=out,
+        ) from e
+    return out
+
+
+class MetricsLog:
+    """metrics.csv (always), diagnostics.txt, TensorBoard (when asked and installed),
+    losses.png."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, resume: bool) -> None:
+        self.path = run_dir / "metrics.csv"
+        self.diagnostics = run_dir / "diagnostics.txt"
+        self.run_dir = run_dir
+        self.plots = config.log.plots
+        if not resume or not self.path.exists():
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, METRIC_FIELDS).writeheader()
+        if not resume:
+            self.diagnostics.unlink(missing_ok=True)
+        self.tb = None
+        if config.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRIC_FIELDS).writerow(
+                {k: ("" if record.get(k) is None else record[k]) for k in METRIC_FIELDS}
+            )
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and v is not None and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, int(record["step"]))
+
+    def note(self, diagnosis: Diagnosis) -> None:
+        with open(self.diagnostics, "a") as f:
+            f.write(diagnosis.message + "\n")
+
+    def plot(self, history: list[dict[str, Any]]) -> None:
+        if self.plots and history:
+            from cellcut.figures import plot_losses
+
+            plot_losses(history, self.run_dir / "losses.png")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
