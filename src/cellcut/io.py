@@ -203,9 +203,9 @@ def import_zarr():
     """``zarr``, with its codec threads limited to one unless the user configured them.
 
     zarr decodes chunks on a thread pool (by default min(32, CPUs + 4) threads). Each thread
-    gets its own glibc arena, which keeps chunk-sized buffers after they are freed: with six
-    threads, segmenting a 128 MB volume block by block held ~140 MB more than with one, for
-    no gain in speed (the network, not decoding, bounds cellcut's throughput). An explicit
+    gets its own glibc arena, which keeps chunk-sized buffers after they are freed, so more
+    threads cost memory for no gain in speed (the network, not decoding, bounds cellcut's
+    throughput; the README's performance section has the figures). An explicit
     ``zarr.config.set({"threading.max_workers": N})`` made before cellcut's first read wins.
     The pool is created on zarr's first use, so this takes effect only if that is cellcut's.
     """
@@ -220,9 +220,9 @@ def zarr_block_io():
     """A context in which zarr keeps at most two chunks in flight (``async.concurrency`` 2).
 
     Block-wise segmentation reads one block (a few chunks) at a time. With zarr's default of
-    10 chunks in flight, their decoded buffers were held at once: on a 512³ volume with 256³
-    blocks the run peaked at 1655 MB against 1467 MB with 2 (and 1479 MB with 1, which was 14 s
-    slower in labelling). The previous setting is restored on exit.
+    10 chunks in flight their decoded buffers are held at once, raising the peak; one chunk in
+    flight was slower in labelling (figures in the README). The previous setting is restored on
+    exit.
     """
     return import_zarr().config.set({"async.concurrency": 2})
 

@@ -309,3 +309,54 @@ def test_fine_tuning_holds_the_starting_models_class_centres(tmp_path, volume_fi
     end = Checkpoint.load(resumed.checkpoint)
     assert end.intensity_momentum == 0.0
     np.testing.assert_allclose(end.intensity_centres, state.intensity_centres, rtol=1e-6)
+
+
+def test_metrics_log_the_class_intensity_term(tmp_path, volume_file):
+    img, _ = volume_file
+    run = train([img], tmp_path / "run", config(stop={"steps": 4}))
+    rows = read_metrics(run.run_dir)
+    assert all(float(r["intensity"]) >= 0 and float(r["val_intensity"]) >= 0 for r in rows)
+    # the total is the weighted sum of the three terms the row reports
+    w = run.config.loss
+    for r in rows:
+        ncut, rec, intensity = (float(r[k]) for k in ("ncut", "reconstruction", "intensity"))
+        weighted = w.ncut_weight * ncut + w.rec_weight * rec + w.intensity_weight * intensity
+        assert float(r["total"]) == pytest.approx(weighted, rel=1e-4)
+    off = train([img], tmp_path / "off", config(stop={"steps": 2}, loss={"intensity_weight": 0.0}))
+    assert [r["intensity"] for r in read_metrics(off.run_dir)] == [""]
+
+
+def test_train_on_arrays_equals_train_on_files(tmp_path, volume_file):
+    from cellcut.io import Volume, read_volume
+
+    img, _ = volume_file
+    data = tifffile.imread(img)
+    cfg = config(stop={"steps": 4}, data={"voxel_size": [1.5, 1.0, 1.0]})
+    from_file = train([img], tmp_path / "file", cfg)
+    from_array = train([data], tmp_path / "array", cfg)
+    a, b = read_metrics(from_file.run_dir), read_metrics(from_array.run_dir)
+    assert [r["ncut"] for r in a] == [r["ncut"] for r in b]
+    assert Checkpoint.load(from_array.checkpoint).images == ["<in-memory array>"]
+    # a Volume brings its own voxel size; without one the loss would be isotropic
+    vol = Volume(read_volume(img).data, (1.5, 1.0, 1.0), "layer")
+    from_volume = train([vol], tmp_path / "volume", config(stop={"steps": 4}))
+    assert [r["ncut"] for r in read_metrics(from_volume.run_dir)] == [r["ncut"] for r in a]
+    # arrays are not in the checkpoint: resuming needs them again, and then continues
+    with pytest.raises(Exception, match="pass the same arrays again"):
+        train([], from_array.run_dir, resume=True, overrides=["stop.steps=6"])
+    resumed = train([data], from_array.run_dir, resume=True, overrides=["stop.steps=6"])
+    assert resumed.step == 6
+    with pytest.raises(VolumeError, match="not a 3D volume"):
+        train([data[0]], tmp_path / "flat", cfg)
+
+
+def test_checkpoint_of_an_older_version_still_resumes(tmp_path, volume_file):
+    """Keys and settings that older versions wrote (log.select_best, best_contrast) are ignored."""
+    img, _ = volume_file
+    run = train([img], tmp_path / "run", config(stop={"steps": 4}))
+    data = torch.load(run.checkpoint, weights_only=True)
+    data["config"]["log"]["select_best"] = False
+    data["best_contrast"] = 0.5
+    torch.save(data, run.checkpoint)
+    resumed = train([], run.run_dir, resume=True, overrides=["stop.steps=6"])
+    assert resumed.step == 6

@@ -129,3 +129,19 @@ def test_screenshot_after_segmenting_the_sample(viewer, qtbot, errors, tmp_path)
     import imageio.v3 as iio
 
     iio.imwrite(tmp_path / "napari_screenshot.png", shot)
+
+
+def test_widgets_start_from_the_library_defaults(viewer):
+    from cellcut.config import SEGMENT_DEFAULTS, TrainConfig, apply_overrides
+    from cellcut.napari_plugin.widgets import SegmentWidget, TrainWidget
+
+    seg = SegmentWidget(viewer)
+    assert seg.method.value == SEGMENT_DEFAULTS.instances
+    assert seg.spot_auto.value == (SEGMENT_DEFAULTS.spot_sigma == "auto")
+    assert seg.outline_sigma.value == SEGMENT_DEFAULTS.outline_sigma
+    assert seg.min_volume.value == SEGMENT_DEFAULTS.min_volume
+    form = apply_overrides(TrainConfig(), TrainWidget(viewer).settings())
+    default = TrainConfig()
+    assert form.model == default.model and form.loss == default.loss
+    assert form.optimizer == default.optimizer and form.data == default.data
+    assert form.stop == default.stop

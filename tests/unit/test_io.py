@@ -171,3 +171,33 @@ def test_nifti_axes_are_zyx(tmp_path, vol):
     v = read_volume(tmp_path / "x.nii")
     np.testing.assert_array_equal(v.data, vol)
     np.testing.assert_allclose(v.voxel_size, (2000.0, 500.0, 250.0))
+
+
+def test_atomic_output_commits_or_leaves_nothing(tmp_path):
+    from cellcut.io import atomic_output
+
+    with atomic_output(tmp_path / "a.txt") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".a.tmp-")
+        tmp.write_text("done")
+    assert (tmp_path / "a.txt").read_text() == "done"
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "a.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert (tmp_path / "a.txt").read_text() == "done"  # the finished output is untouched
+    with pytest.raises(RuntimeError), atomic_output(tmp_path / "d.zarr") as tmp:
+        tmp.mkdir()
+        (tmp / "chunk").write_text("x")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("suffix", ["tif", "zarr", "h5", "npy"])
+def test_chunked_arrays_are_written_like_numpy_ones(tmp_path, vol, suffix):
+    import zarr
+
+    src = zarr.create_array(str(tmp_path / "src.zarr"), shape=vol.shape, dtype=vol.dtype,
+                            chunks=(3, 7, 5))  # fmt: skip
+    src[...] = vol
+    write_volume(tmp_path / f"out.{suffix}", src, voxel_size=(2, 1, 1))
+    back = read_volume(tmp_path / f"out.{suffix}", validate=False)
+    np.testing.assert_array_equal(back.numpy(), vol)

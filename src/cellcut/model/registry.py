@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from cellcut.errors import CheckpointError
+from cellcut.io import atomic_output
 from cellcut.model.checkpoint import Checkpoint
 
 DEFAULT_NAME = "default"
@@ -119,7 +120,9 @@ def export_model(checkpoint: str | os.PathLike, dest: str | os.PathLike, card: s
     """
     target = Path(dest)
     Checkpoint.load(checkpoint).for_inference().save(target)
-    target.with_suffix(".sha256").write_text(f"{sha256(target)}  {target.name}\n")
-    if card:
-        target.with_suffix(".md").write_text(card)
+    texts = {".sha256": f"{sha256(target)}  {target.name}\n", ".md": card}
+    for suffix, text in texts.items():
+        if text:
+            with atomic_output(target.with_suffix(suffix)) as tmp:
+                tmp.write_text(text)
     return target

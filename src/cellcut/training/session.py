@@ -225,8 +225,8 @@ def _intensity_term(
     if from_model and restored is None:
         # Fine-tuning keeps the starting model's classes: their brightness on the new data,
         # held fixed. Following the batch means instead drifts towards the 2-means split of
-        # the histogram, which on sparse nuclei keeps only their bright cores (measured on
-        # the embryo: Dice 0.87 -> 0.68 in 3 minutes with momentum 0.01, 0.84-0.88 held).
+        # the histogram, which on sparse nuclei keeps only their bright cores (README, "Class
+        # intensity", has the embryo figures).
         centres = model_centres(
             session.model,
             session.volumes,

@@ -1,0 +1,86 @@
+"""One source of settings: API, command line and widgets read the same defaults and ranges."""
+
+from __future__ import annotations
+
+import pytest
+
+from cellcut.cli import _SEGMENT_FLAGS, build_parser, main
+from cellcut.config import (
+    INSTANCE_CHOICES,
+    SEGMENT_DEFAULTS,
+    SegmentOptions,
+    TrainConfig,
+    apply_overrides,
+    segment_options,
+)
+from cellcut.errors import CellcutError, ConfigError, VolumeError
+from cellcut.postprocess import METHODS
+
+API_ONLY = {"halo"}  # settings the command line leaves to the Python API
+
+
+def test_cli_segment_defaults_are_the_options_defaults():
+    args = build_parser().parse_args(["segment", "img.tif", "--out", "x.tif"])
+    assert set(_SEGMENT_FLAGS) | API_ONLY == set(SegmentOptions.model_fields)
+    for name in _SEGMENT_FLAGS:
+        assert getattr(args, name) == getattr(SEGMENT_DEFAULTS, name), name
+    assert (
+        SegmentOptions.model_validate({n: getattr(args, n) for n in _SEGMENT_FLAGS})
+        == SegmentOptions()
+    )
+
+
+def test_instance_choices_come_from_postprocess():
+    assert INSTANCE_CHOICES == (*METHODS, "none")
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["segment", "i.tif", "--out", "o.tif", "--instances", "magic"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("window", 0, "window: sizes must be at least 1 voxel"),
+        ("block", (4, 0, 4), "block: sizes must be at least 1 voxel"),
+        ("overlap", 1.5, "overlap: Input should be less than 1"),
+        ("batch_size", 0, "batch_size: Input should be greater than or equal to 1"),
+        ("outline_sigma", -1.0, "outline_sigma: Input should be greater than 0"),
+        ("min_volume", -5, "min_volume: Input should be greater than or equal to 0"),
+        ("spot_sigma", float("nan"), "spot_sigma must be a positive number or 'auto'"),
+        ("instances", "magic", "instances: Input should be"),
+    ],
+)
+def test_bad_settings_fail_with_the_field_named(setting, value, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        segment_options(**{setting: value})
+    assert "\n" not in str(info.value) and str(info.value).startswith("invalid option")
+
+
+def test_voxel_size_errors_stay_volume_errors():
+    with pytest.raises(VolumeError, match="2 values given; give three"):
+        segment_options(voxel_size=(1, 1))
+    assert segment_options(voxel_size=[2, 1, 1]).voxel_size == (2.0, 1.0, 1.0)
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(ConfigError, match="segmentation has no setting windw"):
+        segment_options(windw=32)
+
+
+def test_options_then_overrides():
+    opts = segment_options({"window": 32, "overlap": 0.5}, overlap=0.1)
+    assert (opts.window, opts.overlap, opts.triple("window")) == (32, 0.1, (32, 32, 32))
+
+
+def test_cli_bad_setting_is_one_line(capsys, tmp_path):
+    code = main(["segment", str(tmp_path / "i.tif"), "--out", str(tmp_path / "o.tif"),
+                 "--window", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: invalid option") and err.count("\n") == 1
+
+
+def test_train_overrides_take_a_dict_of_typed_values():
+    cfg = apply_overrides(TrainConfig(), {"data.patch_size": [32, 32, 32], "optimizer.lr": 3e-4})
+    assert cfg.data.patch_size == (32, 32, 32) and cfg.optimizer.lr == 3e-4
+    with pytest.raises(CellcutError, match="names no setting"):
+        apply_overrides(TrainConfig(), {"log.select_best": True})
