@@ -2,8 +2,10 @@
 """Train the default model shipped in cellcut (src/cellcut/weights/default.pt).
 
 Data: the real unlabelled volumes of ../shared/data (mesoSPIM crops, confocal cells3d nuclei,
-cleared-brain cortex from cellfinder) and synthetic volumes generated here; recipe in
-configs/default_model.yaml. Runs on a CPU (12 minutes on 2 cores by default); a GPU shortens it.
+cleared-brain cortex from cellfinder) and synthetic volumes drawn across imaging regimes
+(:func:`cellcut.synthetic.random_regime`, seeds from 1000: never the volumes or settings the
+regime suite scores); recipe in configs/default_model.yaml. Runs on a CPU (the recipe's minutes
+on 2 cores); a GPU shortens it.
 Writes the run to runs/default-model, then the slim weights, checksum and model card into the
 package.
 
@@ -38,15 +40,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--synthetic", type=int, default=32, help="synthetic training volumes")
+    ap.add_argument("--config", default=str(ROOT / "configs" / "default_model.yaml"))
+    ap.add_argument(
+        "--no-export", action="store_true", help="train only; leave the shipped model as it is"
+    )
     ap.add_argument("--out", default=str(ROOT / "runs" / "default-model"))
     args = ap.parse_args()
 
+    import numpy as np
     import tifffile
     import torch
 
     from cellcut.config import apply_overrides, load_config
     from cellcut.model import export_model
-    from cellcut.synthetic import make_nuclei_volume
+    from cellcut.synthetic import TRAINING_SEED_BASE, make_nuclei_volume, random_regime
     from cellcut.training import train
 
     missing = [r for r, _ in REAL if not (SHARED / r).exists()]
@@ -55,24 +63,32 @@ def main() -> None:
     synth_dir = Path(args.out + "-synthetic")
     synth_dir.mkdir(parents=True, exist_ok=True)
     synthetic = []
-    for seed, vs, radius in (
-        (100, (2.0, 1.0, 1.0), (4.0, 7.0)),
-        (101, (1.0, 1.0, 1.0), (3.0, 5.0)),
-        (102, (3.0, 1.0, 1.0), (5.0, 9.0)),
-    ):
-        v = make_nuclei_volume(
-            (64, 128, 128), seed=seed, voxel_size=vs, radius_um=radius, n_artifacts=2
-        )
+    rng = np.random.default_rng(TRAINING_SEED_BASE)
+    for i in range(args.synthetic):
+        seed = TRAINING_SEED_BASE + i
+        settings = random_regime(rng)
+        v = make_nuclei_volume(seed=seed, **settings)
         path = synth_dir / f"synthetic_{seed}.tif"
         tifffile.imwrite(path, v.image)
-        synthetic.append((path, f"synthetic seed {seed}, voxel {vs} µm, radii {radius} µm"))
+        r = settings["radius_um"][0] / settings["voxel_size"][1]
+        synthetic.append(
+            (
+                path,
+                f"synthetic seed {seed}: {v.image.dtype}, {v.n_nuclei} nuclei of radius "
+                f"~{r:.1f} px, {(v.labels > 0).mean():.0%} foreground, "
+                f"{settings['photons']:.0f} photons",
+            )
+        )
     images = [SHARED / r for r, _ in REAL] + [p for p, _ in synthetic]
-    cfg = load_config(ROOT / "configs" / "default_model.yaml")
+    cfg = load_config(args.config)
     overrides = {"device": args.device}
     if args.minutes is not None:
         overrides["stop.minutes"] = args.minutes
     cfg = apply_overrides(cfg, overrides)
     run = train(images, args.out, cfg, overwrite=True)
+    if args.no_export:
+        print(json.dumps({"checkpoint": str(run.checkpoint), "steps": run.step}, indent=1))
+        return
     last = run.history[-1] if run.history else {}
     n_params = sum(p.numel() for p in run.model.parameters())
     machine = cfg.device if cfg.device != "auto" else "the machine that ran it"
@@ -88,11 +104,17 @@ A compact 3D W-Net (encoder and decoder U-Nets, width 8, depth 3, K=2,
 trained without labels by `scripts/train_default_model.py` with `configs/default_model.yaml`.
 
 ## Recipe
-- Loss: soft N-cut (σ_I {run.intensity_sigma:.3g} on percentile-normalized 0..100 data, chosen
-  by `suggest_intensity_sigma`; σ_X 4 voxels, radius 10) × 0.5 + MSE reconstruction × 0.5 +
-  class-intensity term × 1.0 (see cellcut.losses.intensity).
-- AdamW lr 1e-3, cosine schedule with 50 warm-up steps, 64³ patches, batch 1, flips, 90°
-  rotations, intensity jitter and noise.
+- Normalization: `{cfg.data.normalization}` (each image's dark and bright classes mapped to
+  fixed levels; see cellcut.normalize).
+- Loss: soft N-cut (σ_I {run.intensity_sigma:.3g}, chosen by `suggest_intensity_sigma`; σ_X
+  {cfg.loss.spatial_sigma:g} voxels) × {cfg.loss.ncut_weight:g} + {cfg.loss.reconstruction.upper()}
+  reconstruction × {cfg.loss.rec_weight:g} + class-intensity term × {cfg.loss.intensity_weight:g}
+  on the image smoothed by σ {cfg.loss.intensity_smoothing:g} voxels (cellcut.losses.intensity).
+- AdamW lr {cfg.optimizer.lr:g}, {cfg.schedule.kind} schedule, {cfg.data.patch_size[0]}³
+  patches, batch {cfg.data.batch_size}; flips, 90° rotations; on the network's input only:
+  gamma exp(±{cfg.augment.gamma:g}), contrast ±{cfg.augment.intensity_scale:g}, shift
+  ±{cfg.augment.intensity_shift:g}, blur up to σ {cfg.augment.blur:g}, Gaussian noise up to
+  {cfg.augment.noise * 100:g} units (the losses see the unaltered patch).
 - {run.step} steps in {last.get("elapsed_s", 0) / 60:.1f} minutes ({run.stopped_by}) on
   {machine} ({torch.get_num_threads()} threads, torch {torch.__version__}).
 - Final training losses: N-cut {last.get("ncut", float("nan")):.4f}, reconstruction

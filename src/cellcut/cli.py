@@ -299,6 +299,8 @@ def _segment(args: argparse.Namespace) -> int:
     )
     if args.instances != "none":
         print(f"cells:       {result.n_cells}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if result.summary.get("median_object_radius") is not None:
         print(
             f"spot sigma:  {result.summary['spot_sigma']:.3g} (auto: half the median object "

@@ -80,6 +80,15 @@ class LossConfig(_Section):
     intensity_weight: float = Field(
         1.0, ge=0, description="weight of the class-intensity term (losses.intensity)"
     )
+    intensity_smoothing: float = Field(
+        0.0,
+        ge=0,
+        le=5,
+        description=(
+            "Gaussian σ (voxels) of the image the class-intensity term compares with, so that "
+            "it rewards regions of one brightness rather than copying voxel noise (0: raw)"
+        ),
+    )
     intensity_momentum: float | None = Field(
         None,
         ge=0,
@@ -112,7 +121,7 @@ class DataConfig(_Section):
 
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = Field(1, ge=1, le=256)
-    normalization: Literal["remap", "percentile", "none"] = "percentile"
+    normalization: Literal["remap", "percentile", "classes", "none"] = "percentile"
     foreground_bias: float = Field(
         0.0, ge=0, le=1, description="share of patches centred on a bright voxel"
     )
@@ -140,6 +149,18 @@ class AugmentConfig(_Section):
     intensity_scale: float = Field(0.1, ge=0, le=1, description="± relative scale")
     intensity_shift: float = Field(0.05, ge=0, le=1, description="± shift, fraction of range")
     noise: float = Field(0.0, ge=0, le=1, description="Gaussian noise std, fraction of range")
+    gamma: float = Field(
+        0.0, ge=0, le=1, description="gamma drawn from exp(±gamma) (0: none), on 0..100 values"
+    )
+    blur: float = Field(0.0, ge=0, le=5, description="Gaussian blur σ up to this, voxels")
+    input_only: bool = Field(
+        False,
+        description=(
+            "intensity changes (scale, shift, gamma, blur, noise) alter only what the network "
+            "sees; the losses compare its output with the unaltered patch, so it learns to "
+            "give the same classes whatever the contrast and noise"
+        ),
+    )
 
 
 class OptimizerConfig(_Section):

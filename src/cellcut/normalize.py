@@ -2,9 +2,14 @@
 
 Users of the reference plugin expect images remapped to 0..100 with ``intensity_sigma=1``;
 that is the ``"remap"`` method here. ``"percentile"`` maps robust percentiles to 0..100 and
-clips, so a few hot pixels do not squash the nuclei into a narrow band. ``"none"`` keeps the
-values, in which case σ_I must fit the image's own range: :func:`suggest_intensity_sigma`
-proposes one.
+clips, so a few hot pixels do not squash the nuclei into a narrow band; but the percentiles
+move with the share of the volume the nuclei fill and with saturation. ``"classes"`` maps the
+image's own two classes to fixed levels: the median of the dark class to
+:data:`CLASS_LEVELS` [0] and of the bright class to [1], the classes split by Otsu's threshold on
+a lightly smoothed sample (so grain and a few saturated voxels do not move it). Every image
+then shows its cells at the same level, sparse or dense, dim or bright, which is what lets one
+network decide on images it was not trained on. ``"none"`` keeps the values, in which case σ_I
+must fit the image's own range: :func:`suggest_intensity_sigma` proposes one.
 
 Statistics are computed once per volume (on a sample of voxels for large volumes) and then
 applied to any window, so sliding-window inference sees the same mapping everywhere.
@@ -19,9 +24,16 @@ import numpy as np
 
 from cellcut.errors import VolumeError
 
-Method = Literal["remap", "percentile", "none"]
-METHODS: tuple[str, ...] = ("remap", "percentile", "none")
+Method = Literal["remap", "percentile", "classes", "none"]
+METHODS: tuple[str, ...] = ("remap", "percentile", "classes", "none")
 SCALE = 100.0
+CLASS_LEVELS = (10.0, 60.0)
+"""Where ``"classes"`` puts the medians of the dark and bright classes."""
+CLASS_CEILING = 2 * SCALE
+"""``"classes"`` clips at 0 and here: saturated voxels cannot dominate a patch."""
+SMOOTH_SIGMA = 0.7
+"""Gaussian blur (voxels, after a 3x3 median per plane) of the sample on which ``"classes"``
+finds the two classes."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class Normalization:
     low: float
     high: float
     clip: bool
+    ceiling: float = SCALE
 
     def __call__(self, data: Any) -> np.ndarray:
         x = np.asarray(data, dtype=np.float32)
@@ -39,7 +52,7 @@ class Normalization:
             return x
         out = (x - np.float32(self.low)) * np.float32(SCALE / (self.high - self.low))
         if self.clip:
-            np.clip(out, 0.0, SCALE, out=out)
+            np.clip(out, 0.0, self.ceiling, out=out)
         return out
 
     @property
@@ -48,14 +61,17 @@ class Normalization:
         return (self.low, self.high) if self.method == "none" else (0.0, SCALE)
 
 
-def _sample(data: Any, max_voxels: int, seed: int = 0) -> np.ndarray:
+def _sample(data: Any, max_voxels: int, seed: int = 0, smooth: float = 0.0) -> np.ndarray:
     """All voxels of a small volume, or a random-block sample of a large one: a new float32
-    array (the caller may reorder it), filled in place so that no second copy is held."""
+    array (the caller may reorder it), filled in place so that no second copy is held.
+    ``smooth`` > 0 blurs each block (Gaussian, voxels) before its values are taken."""
     shape = tuple(int(s) for s in data.shape)
     n = int(np.prod(shape))
     if n <= max_voxels:
         values = np.empty(shape, dtype=np.float32)
         values[...] = data[...]
+        if smooth:
+            _denoise(values, smooth)
         return values.ravel()
     rng = np.random.default_rng(seed)
     block = tuple(min(s, 32) for s in shape)
@@ -65,8 +81,20 @@ def _sample(data: Any, max_voxels: int, seed: int = 0) -> np.ndarray:
     for i in range(n_blocks):
         start = [int(rng.integers(0, s - b + 1)) for s, b in zip(shape, block, strict=True)]
         idx = tuple(slice(a, a + b) for a, b in zip(start, block, strict=True))
-        values[i * size : (i + 1) * size].reshape(block)[...] = data[idx]
+        piece = values[i * size : (i + 1) * size].reshape(block)
+        piece[...] = data[idx]
+        if smooth:
+            _denoise(piece, smooth)
     return values
+
+
+def _denoise(block: np.ndarray, sigma: float) -> None:
+    """In place: a 3x3 median in each plane (isolated hot or saturated voxels vanish, thin
+    z-stacks keep their objects), then a Gaussian."""
+    from scipy import ndimage as ndi
+
+    block[...] = ndi.median_filter(block, size=(1, 3, 3), mode="reflect")
+    ndi.gaussian_filter(block, sigma, output=block)
 
 
 def fit_normalization(
@@ -83,8 +111,8 @@ def fit_normalization(
     data
         (z, y, x) array or lazy array.
     method
-        ``"remap"`` (min..max to 0..100), ``"percentile"`` (``percentiles`` to 0..100, clipped)
-        or ``"none"``.
+        ``"remap"`` (min..max to 0..100), ``"percentile"`` (``percentiles`` to 0..100, clipped),
+        ``"classes"`` (the two classes' medians to :data:`CLASS_LEVELS`) or ``"none"``.
     percentiles
         Low and high percentiles for ``"percentile"``.
     max_voxels
@@ -101,7 +129,7 @@ def fit_normalization(
         raise VolumeError(
             "invalid normalization", f"unknown method {method!r}", f"use one of {METHODS}"
         )
-    values = _sample(data, max_voxels)
+    values = _sample(data, max_voxels, smooth=SMOOTH_SIGMA if method == "classes" else 0.0)
     if not np.isfinite(values).all():
         raise VolumeError(
             "invalid values",
@@ -123,7 +151,31 @@ def fit_normalization(
             "there is nothing to segment: check the file and the channel",
             file=source,
         )
+    if method == "classes":
+        return _class_levels(values, lowest, highest, percentiles)
     return Normalization(method=method, low=float(low), high=float(high), clip=method != "remap")
+
+
+def _class_levels(
+    values: np.ndarray, lowest: float, highest: float, percentiles: tuple[float, float]
+) -> Normalization:
+    """The ``"classes"`` mapping from a (smoothed) sample; see the module docstring."""
+    from skimage.filters import threshold_otsu
+
+    lo, hi = np.percentile(values, [0.1, 99.9])  # Otsu's bins ignore the extreme tails
+    if hi <= lo:
+        lo, hi = lowest, highest
+    t = threshold_otsu(np.clip(values, lo, hi))
+    dark, bright = values[values <= t], values[values > t]
+    if len(dark) == 0 or len(bright) == 0:  # no split: fall back to percentiles
+        low, high = np.percentile(values, percentiles)
+        return Normalization("classes", float(low), float(max(high, low + 1e-6)), True)
+    m0, m1 = float(np.median(dark)), float(np.median(bright))
+    if m1 <= m0:
+        m1 = m0 + max(float(hi - lo), 1e-6) * 0.5
+    unit = (m1 - m0) / (CLASS_LEVELS[1] - CLASS_LEVELS[0])  # input units per output unit
+    low = m0 - CLASS_LEVELS[0] * unit
+    return Normalization("classes", low, low + SCALE * unit, True, CLASS_CEILING)
 
 
 def normalize(data: Any, method: str = "remap", **kwargs: Any) -> np.ndarray:

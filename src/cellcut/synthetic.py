@@ -42,6 +42,19 @@ class SyntheticVolume:
         return int(self.labels.max())
 
 
+SCALES = {"float32": (1.0, 65535 / 4000), "uint16": (4000.0, 65535), "uint8": (255.0, 255)}
+"""Per output type: the factor from the 0..1 scale, and the detector's maximum."""
+
+
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
+    """A smooth random field in about [-1, 1], varying over the whole volume."""
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    freq = rng.uniform(0.8, 2.0, size=3)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    terms = [np.sin(f * g * np.pi / 2 + p) for f, g, p in zip(freq, grid, phase, strict=True)]
+    return (sum(terms) / 3.0).astype(np.float32)
+
+
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     return q * np.sign(np.diag(r))
@@ -65,6 +78,10 @@ def make_nuclei_volume(
     read_noise: float = 0.01,
     n_artifacts: int = 0,
     dtype: str = "float32",
+    fill: float = 0.12,
+    min_gap: float = 0.85,
+    illumination: float = 0.0,
+    saturated: float = 0.0,
 ) -> SyntheticVolume:
     """Generate nuclei in a 3D fluorescence volume with ground truth.
 
@@ -101,7 +118,19 @@ def make_nuclei_volume(
     n_artifacts
         Number of small, very bright blobs that are not nuclei.
     dtype
-        ``"float32"`` (values about 0..1) or ``"uint16"`` (scaled by 4000).
+        ``"float32"`` (values about 0..1), ``"uint16"`` (scaled by 4000) or ``"uint8"``
+        (scaled by 255, clipped).
+    fill
+        Foreground fraction aimed at when ``n_nuclei`` is not given.
+    min_gap
+        Closest allowed distance between two centres, as a fraction of the sum of their mean
+        radii: below 1 neighbours overlap (the overlap goes to the nucleus a voxel is deepest
+        in), which packs dense tissue.
+    illumination
+        Amplitude of a smooth multiplicative illumination field on the nuclei (0: even; 0.5:
+        some regions half as bright as others).
+    saturated
+        Fraction of voxels that read the detector's maximum (hot pixels, saturated spots).
 
     Returns
     -------
@@ -117,29 +146,20 @@ def make_nuclei_volume(
     extent = np.asarray(shape) * vs
     mean_r = float(np.mean(radius_um))
     if n_nuclei is None:
-        n_nuclei = max(1, int(0.12 * np.prod(extent) / (4 / 3 * np.pi * mean_r**3)))
-    nuclei = _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching)
+        n_nuclei = max(1, int(fill * np.prod(extent) / (4 / 3 * np.pi * mean_r**3)))
+    nuclei = _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching, min_gap)
     labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
 
     grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
     grain /= grain.std() + 1e-12
     signal *= 1.0 + texture * grain * (labels > 0)
 
-    artifacts = np.zeros(shape, dtype=bool)
-    for _ in range(n_artifacts):
-        c = (rng.uniform(0, 1, size=3) * np.asarray(shape)).astype(int)
-        rad = max(1, round(1.5 / vs.min()))
-        box = tuple(slice(max(0, a - rad), a + rad + 1) for a in c)
-        artifacts[box] = True
+    artifacts = _artifacts(rng, shape, vs, n_artifacts)
     signal[artifacts] = 3.0
-
+    if illumination:
+        signal *= np.clip(1.0 + illumination * _smooth_field(rng, shape), 0.05, None)
     image = _image(rng, signal, vs, psf_sigma_um, background, background_gradient, photons)
-    noise = rng.normal(0, read_noise, size=shape).astype(np.float32)
-    image = np.clip(image + noise, 0, None).astype(np.float32)
-    if dtype == "uint16":
-        image = np.clip(np.round(image * 4000), 0, 65535).astype(np.uint16)
-    elif dtype != "float32":
-        raise ValueError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
+    image = _detector(rng, image, read_noise, saturated, dtype)
     return SyntheticVolume(
         image=image,
         labels=labels,
@@ -148,36 +168,62 @@ def make_nuclei_volume(
     )
 
 
-def _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching) -> list[tuple]:
+def _artifacts(rng, shape, vs, n: int) -> np.ndarray:
+    """Small, very bright blobs that are not nuclei."""
+    artifacts = np.zeros(shape, dtype=bool)
+    for _ in range(n):
+        c = (rng.uniform(0, 1, size=3) * np.asarray(shape)).astype(int)
+        rad = max(1, round(1.5 / vs.min()))
+        box = tuple(slice(max(0, a - rad), a + rad + 1) for a in c)
+        artifacts[box] = True
+    return artifacts
+
+
+def _detector(rng, image, read_noise: float, saturated: float, dtype: str) -> np.ndarray:
+    """Read noise, saturated voxels, and the output type's scale and range."""
+    noise = rng.normal(0, read_noise, size=image.shape).astype(np.float32)
+    image = np.clip(image + noise, 0, None).astype(np.float32)
+    if dtype not in SCALES:
+        raise ValueError(f"dtype must be one of {', '.join(SCALES)}, got {dtype!r}")
+    scale, top = SCALES[dtype]
+    if saturated:
+        image[rng.random(image.shape) < saturated] = top / scale
+    if dtype != "float32":
+        image = np.clip(np.round(image * scale), 0, top).astype(dtype)
+    return image
+
+
+def _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching, min_gap) -> list[tuple]:
     """Centres, semi-axes and rotations: some free (not overlapping), some touching an
     earlier nucleus."""
-    centres: list[np.ndarray] = []
+    centres = np.zeros((n_nuclei, 3))
+    mean_radii = np.zeros(n_nuclei)
     radii: list[np.ndarray] = []
     rotations: list[np.ndarray] = []
+    n = 0
     for _ in range(n_nuclei * 40):
-        if len(centres) == n_nuclei:
+        if n == n_nuclei:
             break
         r_mean = rng.uniform(*radius_um)
         axes_r = r_mean * (1 + elongation * rng.uniform(-1, 1, size=3))
-        if centres and rng.random() < touching:
-            j = rng.integers(len(centres))
+        if n and rng.random() < touching:
+            j = rng.integers(n)
             direction = rng.normal(size=3)
             direction /= np.linalg.norm(direction)
-            c = centres[j] + direction * (radii[j].mean() + axes_r.mean()) * 0.95
+            c = centres[j] + direction * (mean_radii[j] + axes_r.mean()) * 0.95
         else:
             c = rng.uniform(0, 1, size=3) * extent
         if ((c < -0.3 * axes_r.mean()) | (c > extent + 0.3 * axes_r.mean())).any():
             continue
-        gaps = [
-            np.linalg.norm(c - cj) / (axes_r.mean() + rj.mean())
-            for cj, rj in zip(centres, radii, strict=True)
-        ]
-        if gaps and min(gaps) < 0.85:
-            continue
-        centres.append(c)
+        if n:
+            distance = np.sqrt(((centres[:n] - c) ** 2).sum(1))
+            if (distance / (axes_r.mean() + mean_radii[:n])).min() < min_gap:
+                continue
+        centres[n], mean_radii[n] = c, axes_r.mean()
+        n += 1
         radii.append(axes_r)
         rotations.append(_random_rotation(rng))
-    return list(zip(centres, radii, rotations, strict=True))
+    return list(zip(centres[:n], radii, rotations, strict=True))
 
 
 def _draw_nuclei(rng, shape, vs, nuclei, brightness) -> tuple[np.ndarray, np.ndarray]:
@@ -223,3 +269,107 @@ def _image(rng, signal, vs, psf_sigma_um, background, gradient, photons) -> np.n
     ) / 3.0
     expected = np.clip(signal + background + gradient * field, 0, None)
     return rng.poisson(expected * photons).astype(np.float32) / photons
+
+
+# ------------------------------------------------------------------------------------------
+# Imaging regimes: what users bring, as generator settings
+
+REGIMES: dict[str, dict] = {
+    # mesoSPIM-like: cleared tissue, sparse bright nuclei, 16-bit, z steps twice the pixel
+    "lightsheet-sparse": dict(
+        shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(4.0, 6.0), fill=0.06,
+        brightness=(0.5, 1.0), photons=200.0, dtype="uint16",
+    ),
+    # the plant-tissue confocal stacks of the generalization issue: 8-bit, dim, grainy (a
+    # background of ~25 +- 20 grey levels, nuclei ~50), dense and touching, uneven brightness
+    # from nucleus to nucleus, a few saturated voxels, voxel 0.284 x 0.127 x 0.127 um
+    "confocal-dense-grainy": dict(
+        shape=(100, 100, 100), voxel_size=(0.284, 0.127, 0.127), radius_um=(1.3, 1.7),
+        elongation=0.2, fill=0.2, min_gap=0.8, touching=0.7, brightness=(0.06, 0.16),
+        texture=0.3, psf_sigma_um=(0.45, 0.12, 0.12), background=0.1,
+        background_gradient=0.02, photons=16.0, read_noise=0.01, saturated=1e-4,
+        dtype="uint8",
+    ),
+    # few photons: shot noise dominates, nuclei barely above the background
+    "dim-low-photon": dict(
+        shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(3.0, 5.0), fill=0.12,
+        brightness=(0.08, 0.2), background=0.05, background_gradient=0.02, photons=30.0,
+        dtype="uint16",
+    ),
+    # packed tissue: over 40% of the volume is nuclei, most of them touch
+    "dense-touching": dict(
+        shape=(48, 96, 96), voxel_size=(1.0, 1.0, 1.0), radius_um=(4.0, 6.0), fill=0.55,
+        min_gap=0.75, touching=0.8, psf_sigma_um=(1.5, 0.8, 0.8), photons=100.0,
+        dtype="uint16",
+    ),
+    # cortex-like: many small cells, 5-6 voxels across in (y, x), z steps three times larger
+    "small-nuclei": dict(
+        shape=(24, 128, 128), voxel_size=(3.0, 1.0, 1.0), radius_um=(2.5, 3.0), fill=0.08,
+        psf_sigma_um=(2.5, 0.6, 0.6), photons=100.0, dtype="uint16",
+    ),
+    # embryo-like: large nuclei, 24-30 voxels across, brightness varying threefold
+    "large-nuclei": dict(
+        shape=(64, 128, 128), voxel_size=(1.0, 1.0, 1.0), radius_um=(12.0, 15.0), fill=0.12,
+        brightness=(0.33, 1.0), psf_sigma_um=(2.0, 1.0, 1.0), photons=150.0, dtype="uint16",
+    ),
+    # strongly anisotropic: z steps three pixels, a point-spread function long in z
+    "anisotropic-3x": dict(
+        shape=(32, 128, 128), voxel_size=(3.0, 1.0, 1.0), radius_um=(5.0, 7.0), fill=0.12,
+        psf_sigma_um=(3.0, 0.8, 0.8), photons=120.0, dtype="uint16",
+    ),
+    # uneven illumination and background: the same nucleus is bright in one corner, dim in
+    # another, on a sloping background
+    "uneven-illumination": dict(
+        shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(4.0, 6.0), fill=0.12,
+        brightness=(0.3, 1.0), illumination=0.6, background=0.2, background_gradient=0.15,
+        photons=150.0, dtype="uint16",
+    ),
+    # bright 8-bit stacks with clipped nuclei and hot pixels
+    "bright-saturated-8bit": dict(
+        shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(4.0, 6.0), fill=0.12,
+        brightness=(0.6, 1.4), background=0.08, saturated=5e-4, photons=300.0, dtype="uint8",
+    ),
+}  # fmt: skip
+"""Named imaging regimes (generator settings) for scoring; see ``benchmarks/bench_regimes.py``.
+Scoring volumes use seeds below 1000, training volumes (:func:`random_regime`) seeds from
+1000 and their own parameter draws, so that a model scored on a regime never saw that volume
+or those exact settings."""
+
+TRAINING_SEED_BASE = 1000
+
+
+def random_regime(rng: np.random.Generator) -> dict:
+    """Generator settings drawn from the ranges the regimes span, for training volumes."""
+    anisotropy = float(rng.choice([1.0, 1.5, 2.0, 2.5, 3.0]))
+    pixel = float(rng.uniform(0.3, 1.5))
+    radius_vox = float(rng.uniform(2.5, 14.0))  # nucleus radius in (y, x) pixels
+    r = radius_vox * pixel
+    level = float(np.exp(rng.uniform(np.log(0.06), np.log(1.0))))
+    side = int(rng.choice([64, 80, 96]))
+    return dict(
+        shape=(max(16, int(side / anisotropy)), side, side),
+        voxel_size=(pixel * anisotropy, pixel, pixel),
+        radius_um=(0.85 * r, 1.15 * r),
+        elongation=float(rng.uniform(0.1, 0.35)),
+        fill=float(rng.uniform(0.04, 0.45)),
+        min_gap=float(rng.uniform(0.75, 0.9)),
+        touching=float(rng.uniform(0.1, 0.8)),
+        brightness=(level * float(rng.uniform(0.33, 0.8)), level),
+        texture=float(rng.uniform(0.1, 0.4)),
+        psf_sigma_um=(pixel * anisotropy * float(rng.uniform(0.6, 1.2)), 0.8 * pixel, 0.8 * pixel),
+        background=float(rng.uniform(0.02, 0.25)),
+        background_gradient=float(rng.uniform(0.0, 0.15)),
+        photons=float(np.exp(rng.uniform(np.log(12.0), np.log(400.0)))),
+        illumination=float(rng.choice([0.0, rng.uniform(0.2, 0.6)])),
+        saturated=float(rng.choice([0.0, 1e-4, 5e-4])),
+        dtype=str(rng.choice(["uint8", "uint16", "float32"])),
+    )
+
+
+def regime_volume(name: str, seed: int = 0) -> SyntheticVolume:
+    """The scoring volume of a named regime (:data:`REGIMES`)."""
+    if name not in REGIMES:
+        raise ValueError(f"unknown regime {name!r}: one of {', '.join(REGIMES)}")
+    if seed >= TRAINING_SEED_BASE:
+        raise ValueError(f"scoring seeds are below {TRAINING_SEED_BASE} (training uses the rest)")
+    return make_nuclei_volume(seed=seed, **REGIMES[name])

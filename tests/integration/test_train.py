@@ -360,3 +360,60 @@ def test_checkpoint_of_an_older_version_still_resumes(tmp_path, volume_file):
     torch.save(data, run.checkpoint)
     resumed = train([], run.run_dir, resume=True, overrides=["stop.steps=6"])
     assert resumed.step == 6
+
+
+def test_a_too_high_learning_rate_collapse_is_said_and_rolled_back(tmp_path, volume_file):
+    img, _ = volume_file
+    cfg = config(stop={"steps": 60}, log={"every": 10, "checkpoint_every": 100})
+    run = train(
+        [img], tmp_path / "run", cfg, overrides=["optimizer.lr=0.9", "optimizer.grad_clip=null"]
+    )
+    kinds = [d.kind for d in run.diagnoses]
+    assert "collapsed" in kinds
+    message = next(d.message for d in run.diagnoses if d.kind == "collapsed")
+    assert "learning rate" in message and "too high" in message
+
+
+def test_fine_tuning_adopts_the_datas_classes_when_the_models_split_disagrees(tmp_path):
+    """A starting model that calls (almost) nothing a cell on volumes whose bright class is a
+    fifth of them: fine-tuning says so, starts from the data's own classes, and moves the
+    model's split towards them."""
+    from dataclasses import asdict
+
+    from cellcut.losses.intensity import initial_centres
+    from cellcut.model import WNet3D
+    from cellcut.synthetic import regime_volume
+    from cellcut.training.data import load_volumes
+    from cellcut.training.session import _soft_class_stats
+
+    v = regime_volume("dense-touching", 0)
+    tifffile.imwrite(tmp_path / "img.tif", v.image[:32, :48, :48])
+    torch.manual_seed(0)
+    model = WNet3D(base_width=4, depth=2)
+    with torch.no_grad():
+        model.encoder.head.bias[:] = torch.tensor([6.0, -6.0])  # class 0 everywhere
+    Checkpoint(
+        architecture=asdict(model.arch),
+        model=model.state_dict(),
+        config=config().model_dump(mode="json"),
+        foreground_classes=[1],
+    ).save(tmp_path / "biased.pt")
+    cfg = config(stop={"steps": 40}, optimizer={"lr": 3e-3})
+    volumes = load_volumes([tmp_path / "img.tif"], cfg.data)
+
+    def cell_share(m):
+        means, mass, _ = _soft_class_stats(m, volumes, cfg, 100.0, torch.device("cpu"))
+        return float(mass[int(np.argmax(means))] / mass.sum())
+
+    start = cell_share(model)
+    biased = tmp_path / "biased.pt"
+    run = train([tmp_path / "img.tif"], tmp_path / "tuned", cfg, from_pretrained=biased)
+    assert "classes_adopted" in [d.kind for d in run.diagnoses]
+    from cellcut.training.session import _intensity_sample
+
+    sample = _intensity_sample(volumes)
+    np.testing.assert_allclose(
+        Checkpoint.load(run.checkpoint).intensity_centres, initial_centres(sample, 2), rtol=1e-6
+    )
+    truth = float((v.labels[:32, :48, :48] > 0).mean())
+    assert abs(cell_share(run.model) - truth) < abs(start - truth) / 2

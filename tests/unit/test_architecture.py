@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "cellcut"
 LAYERS: list[set[str]] = [
     {"_version", "errors", "samples"},
     {"io", "runtime", "normalize", "synthetic", "metrics", "postprocess", "infer", "blocks"},
-    {"config", "figures"},
+    {"config", "figures", "fingerprint"},
     {"model", "losses"},
     {"scoring"},
     {"training", "segmentation"},

@@ -53,3 +53,24 @@ def test_poor_reconstruction_when_ncut_is_fine():
     assert "MSE with a weight near 1" in next(
         d.message for d in said if d.kind == "poor_reconstruction"
     )
+
+
+def test_advice_never_proposes_the_normalization_in_use():
+    for current in ("percentile", "classes", "remap"):
+        said = feed(LossMonitor(5.0, 5.0, normalization=current), [0.49] * 25)
+        assert said and f"normalization={current}" not in said[0].message
+        said = feed(LossMonitor(12.0, 1.0, normalization=current), [0.49] * 25)
+        assert f"normalization={current}" not in said[0].message
+
+
+def test_collapse_to_one_class_is_caught_and_only_when_it_lasts():
+    m = LossMonitor(5.0, 5.0)
+    # a uniform start (each class half the mass) and single one-class patches are fine
+    for step in range(1, 30):
+        share = 1.0 if step % 7 == 0 else 0.5
+        assert m.check_step(step, 0.5, 1.7, 1.0, 0.9, class_share=share) is None
+    assert m.healthy
+    found = [m.check_step(100 + i, 0.5, 1.7, 1.0, 0.9, class_share=1.0) for i in range(20)]
+    assert found[:-1] == [None] * 19
+    d = found[-1]
+    assert d.kind == "collapsed" and "learning rate 0.9" in d.message and "rolled back" in d.message

@@ -73,3 +73,39 @@ def test_suggested_sigma_separates_nuclei_from_background():
     raw = suggest_intensity_sigma(v.image.astype(np.float64) * 1000, "none")
     scale = (v.image.max() - v.image.min()) * 1000 / 100
     assert raw.intensity_sigma == pytest.approx(s.intensity_sigma * scale, rel=1e-3)
+
+
+def _saturate(image: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    out = image.copy()
+    idx = np.random.default_rng(seed).choice(out.size, n, replace=False)
+    out.flat[idx] = np.iinfo(out.dtype).max
+    return out
+
+
+@pytest.mark.parametrize("regime", ["confocal-dense-grainy", "lightsheet-sparse", "small-nuclei"])
+def test_classes_normalization_ignores_a_few_saturated_voxels(regime):
+    from cellcut.synthetic import regime_volume
+
+    v = regime_volume(regime, 0)
+    clean = fit_normalization(v.image, "classes")
+    hot = fit_normalization(_saturate(v.image, 50), "classes")
+    window = v.image[:8, :32, :32]
+    # the mapped values move by well under one output unit (0..100 scale)
+    assert np.abs(clean(window) - hot(window)).max() < 0.1
+    # percentiles do move: 50 saturated voxels are far above the 99.9th percentile's share
+    assert fit_normalization(_saturate(v.image, 5000), "percentile").high > 1.5 * (
+        fit_normalization(v.image, "percentile").high
+    )
+
+
+def test_classes_put_background_and_nuclei_at_fixed_levels():
+    from cellcut.normalize import CLASS_LEVELS
+    from cellcut.synthetic import regime_volume
+
+    for regime in ("confocal-dense-grainy", "dense-touching", "large-nuclei"):
+        v = regime_volume(regime, 0)
+        x = normalize(v.image, "classes")
+        bg, fg = np.median(x[v.labels == 0]), np.median(x[v.labels > 0])
+        assert abs(bg - CLASS_LEVELS[0]) < 10, regime
+        assert abs(fg - CLASS_LEVELS[1]) < 15, regime
+        assert x.min() >= 0 and x.max() <= 200

@@ -503,6 +503,8 @@ class SegmentWidget(QWidget):
             f"{result.n_cells} cells" + (f" (spot σ {spot:.3g} µm)" if spot is not None else "")
         )
         self.show_table(result.stats)
+        for warning in result.warnings:
+            show_info(f"check the result: {warning}")
 
     def _failed(self, error: Exception) -> None:
         self.worker = None

@@ -1,8 +1,10 @@
 """``segment()``: a volume of any size -> probability, instance labels, statistics, picture.
 
-The orchestrator only: open the image, check every output, load the model, then four stages
+The orchestrator only: open the image, check every output, load the model, measure the image's
+fingerprint (:mod:`cellcut.fingerprint`), then four stages
 (:mod:`~cellcut.segmentation.predict`, :mod:`~cellcut.segmentation.labelling`,
-:mod:`~cellcut.segmentation.statistics`, writing), each block by block. Normalization
+:mod:`~cellcut.segmentation.statistics`, writing), each block by block, and a self-check of the
+result against the fingerprint (:mod:`~cellcut.segmentation.selfcheck`). Normalization
 statistics are computed once over the whole volume (sampled). Peak memory is set by the block,
 halo and window sizes, not by the volume: intermediate arrays live in a temporary zarr store
 unless the volume is small.
@@ -23,6 +25,7 @@ import numpy as np
 
 from cellcut.blocks import tiles
 from cellcut.config import SegmentOptions, segment_options
+from cellcut.fingerprint import Fingerprint, measure
 from cellcut.io import (
     Volume,
     check_output,
@@ -39,6 +42,7 @@ from cellcut.normalize import fit_normalization
 from cellcut.runtime import release_free_memory, resolve_device
 from cellcut.segmentation.labelling import Labelling, instance_halo, label_blocks
 from cellcut.segmentation.predict import Progress, predict_probability, resolve_model
+from cellcut.segmentation.selfcheck import check_segmentation
 from cellcut.segmentation.statistics import cell_statistics, write_stats_csv
 
 WORK_IN_MEMORY_BYTES = 256 * 2**20
@@ -62,6 +66,7 @@ class SegmentResult:
     summary: dict[str, Any] = field(default_factory=dict)
     labels: np.ndarray | None = None  # kept when small (RETURN_ARRAYS_BYTES) or asked for
     probability: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)  # the self-check's findings
 
 
 @dataclass
@@ -131,6 +136,7 @@ def segment(
     loaded = resolve_model(model, device)
     with zarr_block_io():
         norm = fit_normalization(vol.data, loaded.normalization, source=vol.source)
+        fingerprint = measure(vol.data, voxel_size)
     release_free_memory()
     nbytes = int(np.prod(vol.shape)) * 4
     in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES
@@ -160,8 +166,11 @@ def segment(
             labelling = _label(prob, labels, opts, voxel_size, progress)
             rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
             summary.update(_labelling_summary(opts, labelling))
+            summary["fingerprint"] = fingerprint.to_dict()
+            summary["warnings"] = _self_check(rows, vol.shape, voxel_size, fingerprint)
         result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
         result.n_cells = labelling.n_objects
+        result.warnings = list(summary.get("warnings", []))
         if in_memory or nbytes < RETURN_ARRAYS_BYTES:
             result.labels, result.probability = np.asarray(labels[...]), np.asarray(prob[...])
         return result
@@ -221,6 +230,16 @@ def _label(
     )
     release_free_memory()
     return labelling
+
+
+def _self_check(
+    rows: Any, shape: Sequence[int], voxel_size: Sequence[float] | None, fingerprint: Fingerprint
+) -> list[str]:
+    columns = rows.columns
+    fraction = float(columns["volume_voxels"].sum()) / float(np.prod(shape))
+    voxel_volume = float(np.prod(voxel_size)) if voxel_size else 1.0
+    findings = check_segmentation(columns["volume_um3"], fraction, fingerprint, voxel_volume)
+    return [f.message for f in findings]
 
 
 def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, Any]:

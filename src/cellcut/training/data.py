@@ -3,7 +3,8 @@
 Volumes (files, folders, globs, zarr stores, or in-memory arrays) are read once, normalized per
 volume as configured, and kept as float32 tensors. Volumes smaller than a patch are padded by
 reflection, never with zeros. A slab of each volume (the last ``val_fraction`` along its
-longest axis) is held back for validation patches.
+longest axis) is held back for validation patches; where that slab would be thinner than a
+patch, validation patches are fixed sub-volumes of the whole volume instead.
 """
 
 from __future__ import annotations
@@ -92,12 +93,18 @@ def find_volumes(specs: Sequence[str | os.PathLike]) -> list[str]:
     return found
 
 
-def _regions(shape: Sequence[int], val_fraction: float):
+def _regions(shape: Sequence[int], val_fraction: float, patch_size: Sequence[int]):
+    """Training and validation regions: the last ``val_fraction`` of the longest axis is held
+    back, unless that slab is thinner than a patch; then validation patches are real
+    sub-volumes of the whole volume (overlapping the training data) rather than a thin slab
+    mirrored up to a patch's size."""
     full = tuple(slice(0, s) for s in shape)
     if val_fraction <= 0:
         return full, None
     axis = int(np.argmax(shape))
     n_val = max(1, round(shape[axis] * val_fraction))
+    if n_val < min(patch_size[axis], shape[axis]):
+        return full, full
     if shape[axis] - n_val < 1:
         return full, None
     train = list(full)
@@ -117,7 +124,7 @@ def _prepare(
     """Normalize a (z, y, x) array and find its regions and bright voxels."""
     norm = fit_normalization(data, config.normalization, source=source)
     x = torch.from_numpy(norm(data))
-    train, val = _regions(x.shape, config.val_fraction)
+    train, val = _regions(x.shape, config.val_fraction, config.patch_size)
     sub = x[train].numpy()
     from skimage.filters import threshold_otsu
 
@@ -224,9 +231,8 @@ class PatchSampler:
             for s, p in zip(shape, self.patch_size, strict=True)
         ]
 
-    def _augment(self, patch: torch.Tensor) -> torch.Tensor:
-        a = self.augment
-        rng = self.rng
+    def _geometric(self, patch: torch.Tensor) -> torch.Tensor:
+        a, rng = self.augment, self.rng
         if a.flips:
             dims = [d for d in range(3) if rng.random() < 0.5]
             if dims:
@@ -236,25 +242,53 @@ class PatchSampler:
             k = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
             if k:
                 patch = torch.rot90(patch, k, dims=(1, 2))
+        return patch
+
+    def _photometric(self, patch: torch.Tensor) -> torch.Tensor:
+        """Gamma, contrast and brightness, blur, noise (each only where configured)."""
+        a, rng = self.augment, self.rng
+        if a.gamma:
+            gamma = float(np.exp(rng.uniform(-a.gamma, a.gamma)))
+            patch = 100.0 * (patch.clamp_min(0) / 100.0) ** gamma
         if a.intensity_scale or a.intensity_shift:
             scale = 1.0 + rng.uniform(-a.intensity_scale, a.intensity_scale)
             shift = rng.uniform(-a.intensity_shift, a.intensity_shift) * 100.0
             patch = patch * scale + shift
+        if a.blur:
+            from cellcut.losses.intensity import gaussian_blur
+
+            sigma = float(rng.uniform(0, a.blur))
+            if sigma > 0.2:
+                patch = gaussian_blur(patch[None, None], sigma)[0, 0]
         if a.noise:
             g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-            patch = patch + torch.randn(patch.shape, generator=g) * (a.noise * 100.0)
-        return patch.contiguous()
+            std = a.noise * 100.0 * (float(rng.uniform(0, 1)) if a.input_only else 1.0)
+            patch = patch + torch.randn(patch.shape, generator=g) * std
+        return patch
 
-    def patch(self) -> torch.Tensor:
-        """One augmented patch (1, z, y, x)."""
+    def _draw(self) -> torch.Tensor:
         vol = self.volumes[int(self.rng.choice(len(self.volumes), p=self.weights))]
         start = self._start(vol)
         crop = _crop_with_reflection(vol.data, vol.train_region, start, self.patch_size)
-        return self._augment(crop)[None]
+        return self._geometric(crop)
+
+    def patch(self) -> torch.Tensor:
+        """One augmented patch (1, z, y, x)."""
+        return self._photometric(self._draw()).contiguous()[None]
 
     def batch(self, batch_size: int) -> torch.Tensor:
         """A batch of patches (B, 1, z, y, x)."""
         return torch.stack([self.patch() for _ in range(batch_size)])
+
+    def pair(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target and network input (B, 1, z, y, x): the same crops, the input alone with the
+        intensity changes when ``augment.input_only`` (else both are the augmented patch)."""
+        if not self.augment.input_only:
+            batch = self.batch(batch_size)
+            return batch, batch
+        crops = [self._draw().contiguous() for _ in range(batch_size)]
+        seen = [self._photometric(c).contiguous() for c in crops]
+        return torch.stack(crops)[:, None], torch.stack(seen)[:, None]
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

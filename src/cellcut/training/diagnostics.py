@@ -1,10 +1,12 @@
 """Reading the loss curves for the user: the reference plugin's troubleshooting, automated.
 
 Its documentation tells users what to do when the soft N-cut explodes (lower the learning
-rate), is unstable (the normalization does not suit the image: adjust σ_I), when the
+rate; here also when training collapses to one class, the N-cut then sitting at 1 - 1/K), is
+unstable (the normalization does not suit the image: adjust σ_I), when the
 reconstruction is poor (BCE with weight 0.5, or an MSE weight near 1), and that training is
 good once the N-cut plateaus. :class:`LossMonitor` watches the logged values and says so
-itself; the training loop acts on an explosion (roll back, lower the learning rate).
+itself; the training loop acts on an explosion or a collapse (roll back, lower the learning rate).
+Advice never proposes the setting already in use.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 EXPLODED = "exploded"
+COLLAPSED = "collapsed"
+CLASSES_ADOPTED = "classes_adopted"
 UNSTABLE = "unstable"
 POOR_RECONSTRUCTION = "poor_reconstruction"
 PLATEAU = "plateau"
+NORMALIZATIONS = ("classes", "percentile", "remap")
+COLLAPSE_SHARE = 0.999
+"""A batch whose most probable class holds this share of the probability mass is one class."""
+COLLAPSE_STEPS = 20
+"""Consecutive one-class steps that make a collapse (single all-background patches are not)."""
 
 
 @dataclass
@@ -40,6 +49,8 @@ class LossMonitor:
         σ_I in use.
     reconstruction
         ``"mse"`` or ``"bce"`` (for the advice).
+    normalization
+        The normalization in use (advice proposes the others).
     window
         Number of logged points each trend is judged on.
     """
@@ -50,10 +61,13 @@ class LossMonitor:
         current_sigma: float,
         reconstruction: str = "mse",
         window: int = 10,
+        normalization: str = "percentile",
     ) -> None:
         self.suggested_sigma = suggested_sigma
         self.current_sigma = current_sigma
         self.reconstruction = reconstruction
+        self.normalization = normalization
+        self.one_class_steps = 0
         self.window = window
         self.steps: list[int] = []
         self.ncut: list[float] = []
@@ -62,15 +76,31 @@ class LossMonitor:
         self.said: set[str] = set()
 
     # -- every step --------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        """False while the run looks collapsed (its state is then no good one to return to)."""
+        return self.one_class_steps == 0
+
     def check_step(
-        self, step: int, ncut: float, rec: float, grad_norm: float, lr: float
+        self,
+        step: int,
+        ncut: float,
+        rec: float,
+        grad_norm: float,
+        lr: float,
+        class_share: float | None = None,
     ) -> Diagnosis | None:
-        """An explosion: a non-finite loss or gradient, or a gradient 50x its recent median.
+        """An explosion: a non-finite loss or gradient, or a gradient 50x its recent median;
+        or a collapse: one class holding every voxel (``class_share``, the largest class's
+        share of the batch's probability mass) for :data:`COLLAPSE_STEPS` steps.
 
         The gradient norm (before clipping) is the signal because the losses themselves vary
         from patch to patch with the image content; a diverging optimizer shows in the
         gradient first. The caller rolls back to the last good state and lowers the rate.
         """
+        collapsed = self._check_collapse(step, ncut, rec, lr, class_share)
+        if collapsed is not None:
+            return collapsed
         values = {"N-cut": ncut, "reconstruction": rec, "gradient norm": grad_norm}
         bad = [name for name, v in values.items() if not math.isfinite(v)]
         recent = self.grad_norms[-100:]
@@ -91,6 +121,29 @@ class LossMonitor:
             f"step {step}: the loss exploded ({what}) at learning rate {lr:.3g}; "
             f"rolled back to the last good state and halved the learning rate",
         )
+
+    def _check_collapse(
+        self, step: int, ncut: float, rec: float, lr: float, class_share: float | None
+    ) -> Diagnosis | None:
+        if class_share is None or not class_share >= COLLAPSE_SHARE:
+            self.one_class_steps = 0
+            return None
+        self.one_class_steps += 1
+        if self.one_class_steps < COLLAPSE_STEPS:
+            return None
+        self.one_class_steps = 0
+        return Diagnosis(
+            COLLAPSED,
+            step,
+            f"step {step}: training collapsed: one class has taken every voxel for "
+            f"{COLLAPSE_STEPS} steps (N-cut {ncut:.3f}, reconstruction {rec:.3g}) at learning "
+            f"rate {lr:.3g}, which is too high; rolled back to the last good state and halved "
+            "the learning rate (lower optimizer.lr to start lower)",
+        )
+
+    def _other_normalizations(self) -> str:
+        others = [n for n in NORMALIZATIONS if n != self.normalization]
+        return ", ".join(f"--set data.normalization={n}" for n in others)
 
     # -- at each log point -------------------------------------------------------------------
     def update(
@@ -131,12 +184,14 @@ class LossMonitor:
             )
             same = abs(self.suggested_sigma - self.current_sigma) <= 0.2 * self.current_sigma
             advice = (
-                "try another normalization (--set data.normalization=percentile, remap, or "
-                "none with an explicit loss.intensity_sigma) or a lower learning rate"
+                f"try another normalization ({self._other_normalizations()}, or "
+                "data.normalization=none with an explicit loss.intensity_sigma) or a lower "
+                "learning rate"
                 if same
                 else f"σ_I is {self.current_sigma:.3g}, the image suggests "
                 f"{self.suggested_sigma:.3g} (--set loss.intensity_sigma="
-                f"{self.suggested_sigma:.3g}), or try --set data.normalization=percentile"
+                f"{self.suggested_sigma:.3g}), or try another normalization "
+                f"({self._other_normalizations()})"
             )
             out.append(
                 Diagnosis(

@@ -156,6 +156,7 @@ class Trainer:
         self.amp = use_bfloat16(session.device)
         self.good_state = self._snapshot()
         self.net_in: torch.Tensor | None = None
+        self.class_share: float | None = None
         self.bar = None
         self.t_start = time.perf_counter()
 
@@ -165,6 +166,8 @@ class Trainer:
         self.t_start = time.perf_counter()
         for cb in self.callbacks:
             cb.on_start(self.run)
+        for note in self.session.notes:
+            self._say(note)
         self.session.model.train()
 
     def elapsed(self) -> float:
@@ -197,11 +200,16 @@ class Trainer:
         s = self.session
         for group in s.optimizer.param_groups:
             group["lr"] = lr
-        batch = s.sampler.batch(self.cfg.data.batch_size).to(s.device)
-        self.net_in = batch / s.input_scale
+        target, seen = s.sampler.pair(self.cfg.data.batch_size)
+        target = target.to(s.device)
+        self.net_in = target / s.input_scale  # what the reconstruction is compared with
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = s.model(self.net_in)
-        losses = s.loss_fn(out.probs.float(), out.reconstruction.float(), batch, self.net_in)
+            out = s.model(seen.to(s.device) / s.input_scale)
+        probs = out.probs.float()
+        losses = s.loss_fn(probs, out.reconstruction.float(), target, self.net_in)
+        with torch.no_grad():
+            dims = (0, *range(2, probs.ndim))
+            self.class_share = float(probs.mean(dims).max())
         s.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         clip = self.cfg.optimizer.grad_clip or float("inf")
@@ -211,12 +219,16 @@ class Trainer:
     def check_explosion(
         self, losses: WNetLossOutput, grad_norm: float, lr: float
     ) -> Diagnosis | None:
-        """A non-finite loss or gradient, or a gradient spike (see the loss monitor)."""
+        """A non-finite loss or gradient, a gradient spike, or a collapse to one class (see
+        the loss monitor)."""
         ncut, rec = float(losses.ncut), float(losses.reconstruction)
-        return self.session.monitor.check_step(self.run.step + 1, ncut, rec, grad_norm, lr)
+        return self.session.monitor.check_step(
+            self.run.step + 1, ncut, rec, grad_norm, lr, self.class_share
+        )
 
     def roll_back(self, diagnosis: Diagnosis) -> None:
-        """After an explosion: the last good weights and optimizer, half the learning rate."""
+        """After an explosion or a collapse: the last good weights and optimizer, half the
+        learning rate."""
         s = self.session
         s.model.load_state_dict(self.good_state[0])
         s.optimizer.load_state_dict(self.good_state[1])
@@ -237,7 +249,8 @@ class Trainer:
             )
 
     def log_and_validate(self, losses: WNetLossOutput, lr: float) -> None:
-        """A row of metrics.csv, the monitor's reading, and a new last good state."""
+        """A row of metrics.csv, the monitor's reading, and a new last good state (unless the
+        run looks collapsed)."""
         s, run = self.session, self.run
         rec = float(losses.reconstruction)
         baseline = max(rec_baseline(self.cfg.loss.reconstruction, self.net_in), 1e-12)
@@ -261,7 +274,8 @@ class Trainer:
             cb.on_log(record)
         for d in s.monitor.update(run.step, record["ncut"], rec, baseline, record.get("val_ncut")):
             self._say(d)
-        self.good_state = self._snapshot()
+        if s.monitor.healthy:
+            self.good_state = self._snapshot()
 
     def save_checkpoint(self, final: bool = False) -> Path:
         self.run.foreground_classes = self._decide_foreground()

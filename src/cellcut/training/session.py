@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from cellcut.training.data import (
     load_volumes,
     validation_patches,
 )
-from cellcut.training.diagnostics import LossMonitor
+from cellcut.training.diagnostics import CLASSES_ADOPTED, Diagnosis, LossMonitor
 from cellcut.training.run import TrainingRun
 from cellcut.training.validation import Validator, load_labelled
 
@@ -81,6 +81,7 @@ class Session:
     resumed: bool = False
     lr_scale: float = 1.0
     elapsed_before: float = 0.0  # seconds spent by the run before a resume
+    notes: list[Diagnosis] = field(default_factory=list)  # said when the loop begins
 
 
 def resolve_config(
@@ -173,7 +174,9 @@ def open_session(
                 volumes, cfg.data.patch_size, cfg.augment, cfg.data.foreground_bias, 2, cfg.seed + 7
             )
         ),
-        monitor=LossMonitor(suggested, sigma_i, cfg.loss.reconstruction),
+        monitor=LossMonitor(
+            suggested, sigma_i, cfg.loss.reconstruction, normalization=cfg.data.normalization
+        ),
     )
     session.intensity_term = _intensity_term(session, sample, from_pretrained, restored)
     session.loss_fn = _loss(cfg, sigma_i, volumes, session.intensity_term)
@@ -220,22 +223,59 @@ def _intensity_term(
     if restored is not None and restored.intensity_centres is not None:
         if restored.intensity_momentum is not None:
             momentum = float(restored.intensity_momentum)
-        return ClassIntensityLoss(np.asarray(restored.intensity_centres), momentum)
+        return ClassIntensityLoss(
+            np.asarray(restored.intensity_centres), momentum, loss.intensity_smoothing
+        )
     centres = initial_centres(sample, session.model.n_classes)
     if from_model and restored is None:
         # Fine-tuning keeps the starting model's classes: their brightness on the new data,
         # held fixed. Following the batch means instead drifts towards the 2-means split of
         # the histogram, which on sparse nuclei keeps only their bright cores (README, "Class
-        # intensity", has the embryo figures).
-        centres = model_centres(
-            session.model,
-            session.volumes,
-            session.cfg,
-            session.input_scale,
-            session.device,
-            fallback=centres,
+        # intensity", has the embryo figures). Unless the model's split disagrees with the
+        # data's own: then the data's classes are adopted (and held).
+        stats = _soft_class_stats(
+            session.model, session.volumes, session.cfg, session.input_scale, session.device
         )
-    return ClassIntensityLoss(centres, momentum)
+        disagreement = _split_disagreement(session.volumes, stats)
+        if disagreement is None:
+            centres = _centres_or_fallback(stats, centres)
+        else:
+            session.notes.append(disagreement)
+    return ClassIntensityLoss(centres, momentum, loss.intensity_smoothing)
+
+
+SPLIT_RATIO = 2.0
+"""Fine-tuning adopts the data's own classes when the starting model's cell share of the new
+volumes is more than this many times larger or smaller than their bright class's share."""
+
+
+def _split_disagreement(
+    volumes: Sequence[TrainingVolume], stats: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> Diagnosis | None:
+    from cellcut.fingerprint import measure
+
+    means, mass, _ = stats
+    model_share = float(mass[int(np.nanargmax(means))] / max(mass.sum(), 1e-12))
+    image_share = float(np.mean([measure(v.data.numpy()).foreground_fraction for v in volumes]))
+    if image_share <= 0 or 1 / SPLIT_RATIO <= model_share / image_share <= SPLIT_RATIO:
+        return None
+    return Diagnosis(
+        CLASSES_ADOPTED,
+        0,
+        f"the starting model marks {model_share:.1%} of these volumes as cells where their own "
+        f"bright class covers {image_share:.1%}: fine-tuning starts from the data's classes "
+        "(Otsu's split) instead of the model's (loss.intensity_centres=model keeps the model's)",
+    )
+
+
+def _centres_or_fallback(
+    stats: tuple[np.ndarray, np.ndarray, np.ndarray], fallback: np.ndarray
+) -> np.ndarray:
+    means, mass, voxels = stats
+    centres = np.asarray(fallback, dtype=np.float64).copy()
+    ok = mass > 1e-3 * voxels
+    centres[ok] = means[ok]
+    return centres
 
 
 def model_centres(
@@ -252,6 +292,19 @@ def model_centres(
     Where a class holds almost no mass (under 0.1% of the voxels) its ``fallback`` centre is
     kept. Used to start fine-tuning with the class-intensity term agreeing with the model.
     """
+    stats = _soft_class_stats(model, volumes, cfg, input_scale, device, n_patches)
+    return _centres_or_fallback(stats, fallback)
+
+
+def _soft_class_stats(
+    model: WNet3D,
+    volumes: Sequence[TrainingVolume],
+    cfg: TrainConfig,
+    input_scale: float,
+    device: torch.device,
+    n_patches: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: soft mean intensity and probability mass on fixed patches; and the voxels."""
     data = cfg.data
     patches = fixed_patches(
         volumes, data.patch_size, cfg.augment, data.foreground_bias, n_patches, seed=cfg.seed + 11
@@ -266,10 +319,8 @@ def model_centres(
             mass += p.sum((0, 2, 3, 4)).double()
             total += (p * x).sum((0, 2, 3, 4)).double()
     model.train(was_training)
-    centres = np.asarray(fallback, dtype=np.float64).copy()
-    ok = (mass > 1e-3 * patches[:, 0].numel()).numpy()
-    centres[ok] = (total / mass.clamp_min(1e-12)).numpy()[ok]
-    return centres
+    means = (total / mass.clamp_min(1e-12)).numpy()
+    return means, mass.numpy(), np.float64(patches[:, 0].numel())
 
 
 def _loss(

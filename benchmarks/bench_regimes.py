@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Quality across imaging regimes: the volumes users bring, each with ground truth.
+
+Each regime of :data:`cellcut.synthetic.REGIMES` (light-sheet sparse, plant-tissue confocal
+dense and grainy, dim, packed, small, large, anisotropic, unevenly lit, saturated 8-bit) is
+generated at scoring seeds (below 1000; the shipped model trains on seeds from 1000 with its own
+parameter draws), plus the real embryo volumes of ../shared/data where present. Per volume:
+
+- ``voronoi-otsu`` and ``watershed``: the classical methods on the raw image, automatic
+  parameters (cellcut.postprocess with Otsu's threshold);
+- ``zero-shot``: ``cellcut.segment`` with the shipped model and the default settings;
+- ``fine-tune``: ``cellcut train --from-pretrained default`` on the volume for ``--minutes``,
+  then segment;
+- ``scratch``: ``cellcut train`` from a fresh model for ``--minutes``, then segment;
+- ``reference``: napari-cellseg3d 0.2.4's WNet3D trained ``--minutes`` with its defaults (only
+  for the regimes named with ``--reference``: it is slow), segmented and split into instances
+  by the same Voronoi-Otsu step.
+
+Scores: instance F1 at IoU 0.5 and foreground Dice. Every training runs on 2 threads.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_regimes.py [--minutes 5] [--sides ...] [--regimes ...]
+
+Prints a table, writes ``benchmarks/results/regimes.json`` and ``docs/regimes.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+
+SIDES = ("voronoi-otsu", "watershed", "zero-shot", "fine-tune", "scratch", "reference")
+EMBRYO_VOXEL = (2.18, 1.0, 1.0)
+
+
+def volumes(regimes: list[str], seeds: list[int], embryo: bool):
+    """(name, image, labels, voxel size) for every regime and seed, then the embryo volumes."""
+    import tifffile
+
+    from cellcut.synthetic import regime_volume
+
+    for name in regimes:
+        for seed in seeds:
+            v = regime_volume(name, seed)
+            yield f"{name}/{seed}", v.image, v.labels, v.voxel_size
+    root = harness.SHARED / "data" / "embryo"
+    if embryo and root.exists():
+        for n in (8, 16):
+            image = tifffile.imread(root / f"{n}cell_image.tif")
+            labels = tifffile.imread(root / f"{n}cell_labels_cc.tif")
+            yield f"embryo-{n}cell", image, labels, EMBRYO_VOXEL
+
+
+def score(truth, labels) -> dict:
+    from cellcut.metrics import evaluate
+
+    e = evaluate(truth, labels, thresholds=(0.5,))
+    return {"f1": round(e.f1_50, 4), "dice": round(e.dice, 4), "n_pred": int(labels.max())}
+
+
+def classical(image, truth, voxel_size, method: str) -> dict:
+    import numpy as np
+
+    from cellcut.postprocess import instances
+
+    labels = instances(image.astype(np.float32), method, voxel_size=voxel_size, probability=False)
+    return score(truth, labels)
+
+
+def cellcut_side(side, image, truth, voxel_size, folder: Path, minutes: float, model: str):
+    import tifffile
+    import torch
+
+    from cellcut.segmentation import segment
+    from cellcut.training import train
+
+    torch.set_num_threads(harness.THREADS)
+    info: dict = {}
+    if side == "zero-shot":
+        use = model
+    else:
+        path = folder / "image.tif"
+        tifffile.imwrite(path, image)
+        run = train(
+            [path],
+            folder / side,
+            from_pretrained=model if side == "fine-tune" else None,
+            overrides={
+                "stop.minutes": minutes,
+                "data.voxel_size": list(voxel_size),
+                "log.progress": False,
+                "log.plots": False,
+            },
+        )
+        use = str(run.checkpoint)
+        info = {"steps": run.step, "diagnoses": [d.kind for d in run.diagnoses]}
+    result = segment(image, None, model=use, voxel_size=voxel_size, device="cpu")
+    return {**score(truth, result.labels), **info}
+
+
+def reference_side(image, truth, voxel_size, folder: Path, minutes: float) -> dict:
+    """Train the reference in its own venv (a subprocess), segment, score here."""
+    import numpy as np
+    import tifffile
+
+    from cellcut.scoring import score_class_probabilities
+
+    python = harness.anchor_python()
+    if python is None:
+        return {}
+    path = folder / "image.tif"
+    tifffile.imwrite(path, image)
+    out = harness.run_subprocess_case(
+        python, Path(__file__).resolve(), [str(minutes), str(path), str(folder)]
+    )
+    probs = np.load(folder / "reference_probs.npy")
+    evaluation, _ = score_class_probabilities(probs, image, truth, voxel_size)
+    return {"f1": round(evaluation.f1_50, 4), "dice": round(evaluation.dice, 4), **out}
+
+
+def main() -> None:
+    from cellcut.synthetic import REGIMES
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--sides", nargs="+", default=list(SIDES[:5]), choices=SIDES)
+    ap.add_argument("--reference", nargs="*", default=[], help="regimes to run the reference on")
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--no-embryo", action="store_true")
+    ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
+    args = ap.parse_args()
+
+    rows: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    for name, image, truth, voxel_size in volumes(args.regimes, args.seeds, not args.no_embryo):
+        rows[name] = {}
+        sides = list(args.sides)
+        if "reference" not in sides and name.split("/")[0] in args.reference:
+            sides.append("reference")
+        for side in sides:
+            with tempfile.TemporaryDirectory() as tmp:
+                if side in ("voronoi-otsu", "watershed"):
+                    result = classical(image, truth, voxel_size, side)
+                elif side == "reference":
+                    result = reference_side(image, truth, voxel_size, Path(tmp), args.minutes)
+                else:
+                    result = cellcut_side(
+                        side, image, truth, voxel_size, Path(tmp), args.minutes, args.model
+                    )
+            rows[name][side] = result
+            print(f"[{time.perf_counter() - t0:6.0f} s] {name} {side}: {result}", flush=True)
+        harness.write_json(args.out, {"minutes": args.minutes, "model": args.model, "rows": rows})
+    header = ["volume", *[f"{s} F1/Dice" for s in SIDES if any(s in r for r in rows.values())]]
+    table = []
+    for name, result in rows.items():
+        cells = [name]
+        for s in SIDES:
+            if any(s in r for r in rows.values()):
+                r = result.get(s)
+                cells.append(f"{r['f1']:.2f}/{r['dice']:.2f}" if r and "f1" in r else "")
+        table.append(cells)
+    print(harness.table(table, header))
+    plot(rows, Path(__file__).resolve().parents[1] / "docs" / f"{args.out}.png")
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(rows)
+    sides = [s for s in SIDES if any(s in r for r in rows.values())]
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(names)), 4))
+    width = 0.8 / len(sides)
+    for i, side in enumerate(sides):
+        values = [rows[n].get(side, {}).get("f1", np.nan) for n in names]
+        ax.bar(np.arange(len(names)) + i * width, values, width, label=side)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("instance F1 at IoU 0.5")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=len(sides))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"written: {path}")
+
+
+def reference_case(minutes: float, path: Path, folder: Path) -> dict:
+    """In the reference's venv: its training loop (its worker's defaults, as in
+    bench_train_embryo.py) on one volume, then its sliding-window class probabilities."""
+    import anchor_import as ref
+    import numpy as np
+    import tifffile
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    torch.set_num_threads(harness.THREADS)
+    torch.manual_seed(0)
+    v = tifffile.imread(path).astype(np.float32)
+    padded = np.pad(v, [(0, max(0, 64 - s)) for s in v.shape], mode="reflect")
+    model = ref.WNet(in_channels=1, out_channels=1, num_classes=2, dropout=0.65)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-5, weight_decay=0.01)
+    ncut = ref.SoftNCutsLoss(
+        data_shape=(64, 64, 64), device="cpu", intensity_sigma=1.0, spatial_sigma=4.0, radius=2
+    )
+    mse = torch.nn.MSELoss()
+    rng = np.random.default_rng(0)
+    t0, step = time.perf_counter(), 0
+    while time.perf_counter() - t0 < minutes * 60:
+        start = [int(rng.integers(0, s - 64 + 1)) for s in padded.shape]
+        patch = torch.from_numpy(padded[tuple(slice(a, a + 64) for a in start)].copy())
+        image = ref.remap_image(patch)[None, None]
+        enc, dec = model(image)
+        loss = 0.5 * ncut(enc, image) + 0.5 * mse(dec, image)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+    model.eval()
+    with torch.no_grad():
+        probs = sliding_window_inference(
+            ref.remap_image(torch.from_numpy(v))[None, None],
+            roi_size=[64, 64, 64],
+            sw_batch_size=1,
+            predictor=lambda x: model.forward_encoder(x),
+            overlap=0.25,
+            mode="gaussian",
+            sigma_scale=0.01,
+            progress=False,
+            padding_mode="reflect",
+        )
+    np.save(folder / "reference_probs.npy", probs[0].numpy())
+    return {"steps": step}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--case":
+        minutes, path, folder = float(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+        print("RESULT " + json.dumps(reference_case(minutes, path, folder)), flush=True)
+    else:
+        main()

@@ -1,0 +1,111 @@
+"""A volume's fingerprint: what it looks like, measured once, before and without any model.
+
+Like nnU-Net's data fingerprint, a few robust numbers let settings and checks follow the data:
+
+- ``foreground_fraction``: the share of voxels in the bright class of Otsu's split of the
+  lightly denoised image (a 3x3 median per plane, then a small Gaussian);
+- ``object_radius``: the typical nucleus radius (µm, voxels without a voxel size): the
+  volume-weighted median inscribed radius of the bright class's components
+  (:func:`typical_radius`). Measured on the denoised image, not on a model's probability, and
+  weighted by volume, grain cannot shrink it the way speckle shrinks the components of a noisy
+  probability mask (a scale-normalized LoG was tried first: on textured nuclei its strongest
+  response sat at the smallest scale in 7 of 9 regimes);
+- ``contrast_to_noise``: (bright median - dark median) / the voxel noise;
+- ``saturated_fraction``: the share of voxels at the image's maximum when that looks like a
+  detector limit.
+
+Measured on up to :data:`MAX_WINDOWS` windows of :data:`WINDOW` voxels spread over the volume,
+so the cost does not grow with the volume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+WINDOW = 96
+MAX_WINDOWS = 4
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    foreground_fraction: float
+    object_radius: float | None  # µm (voxels without a voxel size); None: no blobs found
+    contrast_to_noise: float
+    saturated_fraction: float
+    units: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _windows(shape: Sequence[int], size: int, n: int) -> list[tuple[slice, ...]]:
+    """Up to ``n`` windows spread along the volume's diagonal."""
+    sizes = [min(size, s) for s in shape]
+    count = max(1, min(n, *(s // w for s, w in zip(shape, sizes, strict=True))))
+    out = []
+    for i in range(count):
+        f = (i + 0.5) / count
+        starts = [round(f * (s - w)) for s, w in zip(shape, sizes, strict=True)]
+        out.append(tuple(slice(a, a + w) for a, w in zip(starts, sizes, strict=True)))
+    return out
+
+
+def denoise(block: np.ndarray, sigma: float = 0.7) -> np.ndarray:
+    """A 3x3 median in each plane (isolated hot voxels vanish), then a Gaussian (voxels)."""
+    out = ndi.median_filter(np.asarray(block, dtype=np.float32), size=(1, 3, 3), mode="reflect")
+    return ndi.gaussian_filter(out, sigma, output=out)
+
+
+def typical_radius(mask: np.ndarray, voxel_size: Sequence[float] | None) -> float | None:
+    """Volume-weighted median of the inscribed radius of ``mask``'s connected components.
+
+    Each component's largest inscribed sphere (maximum of the physical distance transform)
+    stands for the nuclei in it (touching nuclei merged in one component still give about one
+    nucleus' radius); weighting by volume lets the few voxels of speckle count for little.
+    """
+    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    if n == 0:
+        return None
+    index = np.arange(1, n + 1)
+    dist = ndi.distance_transform_edt(mask, sampling=voxel_size)
+    radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
+    sizes = np.asarray(ndi.sum(mask, labels, index), dtype=np.float64)
+    order = np.argsort(radii)
+    cumulative = np.cumsum(sizes[order])
+    return float(radii[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def measure(data: Any, voxel_size: Sequence[float] | None = None) -> Fingerprint:
+    """The fingerprint of a (z, y, x) volume (array or lazy array); see the module docstring."""
+    from skimage.filters import threshold_otsu
+
+    from cellcut.normalize import estimate_noise
+
+    shape = tuple(int(s) for s in data.shape)
+    raw = [np.asarray(data[w], dtype=np.float32) for w in _windows(shape, WINDOW, MAX_WINDOWS)]
+    smooth = [denoise(r) for r in raw]
+    values = np.concatenate([s.ravel() for s in smooth])
+    lo, hi = np.percentile(values, [0.1, 99.9])
+    if hi <= lo:
+        return Fingerprint(0.0, None, 0.0, 0.0, "µm" if voxel_size else "voxels")
+    t = float(threshold_otsu(np.clip(values, lo, hi)))
+    dark, bright = values[values <= t], values[values > t]
+    noise = float(np.median([estimate_noise(r) for r in raw]))
+    contrast = float(np.median(bright) - np.median(dark)) if len(bright) and len(dark) else 0.0
+    top = max(float(r.max()) for r in raw)
+    limit = top in (255.0, 4095.0, 65535.0) or top >= 1e4
+    saturated = float(np.mean([(r >= top).mean() for r in raw])) if limit else 0.0
+    masks = [s > t for s in smooth]
+    found = [r for r in (typical_radius(m, voxel_size) for m in masks) if r is not None]
+    return Fingerprint(
+        foreground_fraction=float((values > t).mean()),
+        object_radius=float(np.median(found)) if found else None,
+        contrast_to_noise=contrast / max(noise, 1e-12),
+        saturated_fraction=saturated,
+        units="µm" if voxel_size else "voxels",
+    )

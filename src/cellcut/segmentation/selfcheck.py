@@ -1,0 +1,109 @@
+"""A look at a finished segmentation, as the training diagnostics look at the loss curves.
+
+The result is compared with the image's own :class:`~cellcut.fingerprint.Fingerprint`
+(measured without the model). Each check that fails gives one line saying what looks wrong
+and what to do about it; ``cellcut segment`` prints them and the summary JSON keeps them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cellcut.fingerprint import Fingerprint
+
+EMPTY = "empty"
+SPECKLE = "speckle"
+FOREGROUND = "foreground"
+SIZE = "size"
+
+SPECK_RADIUS_FRACTION = 1 / 3
+"""An object smaller than a sphere of this share of the typical radius is a speck."""
+SPECKLE_SHARE = 0.5
+"""Speckled: at least this share of the objects are specks (and there are many objects)."""
+FOREGROUND_RATIO = 3.0
+"""Found foreground this many times larger or smaller than the image's bright class."""
+SIZE_RATIO = 2.5
+"""Median object radius this many times larger or smaller than the image's typical radius."""
+
+FINE_TUNE = (
+    "fine-tune on this image (cellcut train IMAGE --from-pretrained default --out RUN, then "
+    "cellcut segment --model RUN)"
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    message: str
+
+
+def check_segmentation(
+    volumes: np.ndarray,
+    foreground_fraction: float,
+    fingerprint: Fingerprint,
+    voxel_volume: float = 1.0,
+) -> list[Finding]:
+    """What looks wrong with a segmentation.
+
+    Parameters
+    ----------
+    volumes
+        Volume of each object (µm³, voxels without a voxel size).
+    foreground_fraction
+        Share of the volume's voxels labelled as cells.
+    fingerprint
+        The image's fingerprint (same units as ``volumes``).
+    voxel_volume
+        Volume of one voxel in those units.
+    """
+    units = "µm" if fingerprint.units == "µm" else "voxels"
+    image_fg = fingerprint.foreground_fraction
+    if len(volumes) == 0:
+        return [
+            Finding(
+                EMPTY,
+                f"no cells were found, while the image's bright class covers {image_fg:.0%} of "
+                f"it: check the channel (--channel), try --instances watershed, or {FINE_TUNE}",
+            )
+        ]
+    found: list[Finding] = []
+    r = fingerprint.object_radius
+    radii = np.cbrt(3 * np.asarray(volumes, dtype=np.float64) / (4 * math.pi))
+    if r is not None:
+        speck = max(4 / 3 * math.pi * (SPECK_RADIUS_FRACTION * r) ** 3, 2 * voxel_volume)
+        share = float((np.asarray(volumes) < speck).mean())
+        if share >= SPECKLE_SHARE and len(volumes) >= 20:
+            found.append(
+                Finding(
+                    SPECKLE,
+                    f"the result looks speckled: {share:.0%} of the {len(volumes)} objects are "
+                    f"smaller than {speck:.3g} {units}³ while the image's nuclei have a radius "
+                    f"of about {r:.3g} {units}: the cell probability is noisy; raise "
+                    f"--min-volume (e.g. {speck:.3g}), or {FINE_TUNE}",
+                )
+            )
+        median = float(np.median(radii))
+        if not 1 / SIZE_RATIO <= median / r <= SIZE_RATIO:
+            found.append(
+                Finding(
+                    SIZE,
+                    f"the objects' median radius is {median:.3g} {units}, the image's nuclei "
+                    f"about {r:.3g} {units}: check the voxel size (--voxel-size), set "
+                    f"--spot-sigma near {0.5 * r:.3g}, or {FINE_TUNE}",
+                )
+            )
+    if image_fg > 0.005 and not (
+        1 / FOREGROUND_RATIO <= foreground_fraction / image_fg <= FOREGROUND_RATIO
+    ):
+        found.append(
+            Finding(
+                FOREGROUND,
+                f"the cells cover {foreground_fraction:.1%} of the volume where the image's "
+                f"own bright class covers {image_fg:.1%}: the model's split does not suit this "
+                f"image; {FINE_TUNE}",
+            )
+        )
+    return found

@@ -1,0 +1,88 @@
+"""The fingerprint of a volume and the self-check of a segmentation against it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellcut.fingerprint import Fingerprint, measure, typical_radius
+from cellcut.segmentation.selfcheck import check_segmentation
+from cellcut.synthetic import regime_volume
+
+
+@pytest.mark.parametrize("regime", ["confocal-dense-grainy", "lightsheet-sparse", "large-nuclei"])
+def test_fingerprint_finds_foreground_and_radius(regime):
+    v = regime_volume(regime, 0)
+    f = measure(v.image, v.voxel_size)
+    truth = (v.labels > 0).mean()
+    assert f.foreground_fraction == pytest.approx(truth, abs=0.05)
+    counts = np.bincount(v.labels.ravel())[1:]
+    radius = np.median(np.cbrt(3 * counts * np.prod(v.voxel_size) / (4 * np.pi)))
+    assert 0.7 < f.object_radius / radius < 1.4
+    assert f.units == "µm"
+
+
+def test_typical_radius_ignores_speckle():
+    mask = np.zeros((40, 40, 40), bool)
+    zz, yy, xx = np.ogrid[:40, :40, :40]
+    mask |= (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 8**2
+    rng = np.random.default_rng(0)
+    specks = rng.random(mask.shape) < 0.02  # hundreds of one-voxel components
+    r = typical_radius(mask | specks, None)
+    assert r == pytest.approx(8.5, abs=1.0)
+
+
+FP = Fingerprint(
+    foreground_fraction=0.2,
+    object_radius=3.0,
+    contrast_to_noise=2.0,
+    saturated_fraction=0.0,
+    units="µm",
+)
+
+
+def test_a_good_result_passes():
+    volumes = np.full(50, 4 / 3 * np.pi * 3.0**3)
+    assert check_segmentation(volumes, 0.18, FP) == []
+
+
+def test_nothing_found_is_said_with_a_remedy():
+    [finding] = check_segmentation(np.zeros(0), 0.0, FP)
+    assert finding.kind == "empty" and "fine-tune" in finding.message
+
+
+def test_speckle_is_said():
+    volumes = np.concatenate([np.full(40, 2.0), np.full(10, 4 / 3 * np.pi * 27)])
+    kinds = [f.kind for f in check_segmentation(volumes, 0.2, FP)]
+    assert "speckle" in kinds and "size" in kinds
+
+
+def test_foreground_far_from_the_image_split_is_said():
+    volumes = np.full(50, 4 / 3 * np.pi * 3.0**3)
+    findings = check_segmentation(volumes, 0.02, FP)
+    assert [f.kind for f in findings] == ["foreground"]
+    assert "2.0%" in findings[0].message and "20.0%" in findings[0].message
+
+
+def test_segment_reports_the_self_check(tmp_path):
+    """End to end: an untrained model's speckle on a grainy regime draws a warning."""
+    import torch
+
+    from cellcut.model import Checkpoint, WNet3D
+    from cellcut.segmentation import segment
+
+    v = regime_volume("confocal-dense-grainy", 0)
+    torch.manual_seed(0)
+    model = WNet3D(base_width=2, depth=1)
+    Checkpoint(
+        architecture=model.arch.__dict__,
+        model=model.state_dict(),
+        config={"data": {"normalization": "percentile"}},
+        foreground_classes=[1],
+    ).save(tmp_path / "random.pt")
+    result = segment(
+        v.image[:48, :48, :48], None, model=tmp_path / "random.pt", voxel_size=v.voxel_size,
+        instances="connected",
+    )  # fmt: skip
+    assert result.warnings and result.summary["warnings"] == result.warnings
+    assert result.summary["fingerprint"]["foreground_fraction"] > 0.05
