@@ -136,12 +136,7 @@ def make_nuclei_volume(
     -------
     SyntheticVolume
     """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 4:
-        raise ValueError(f"shape must be three sizes >= 4, got {shape}")
-    vs = np.asarray(voxel_size, dtype=float)
-    if vs.shape != (3,) or (vs <= 0).any():
-        raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size}")
+    shape, vs = _geometry(shape, voxel_size)
     rng = np.random.default_rng(seed)
     extent = np.asarray(shape) * vs
     mean_r = float(np.mean(radius_um))
@@ -150,10 +145,7 @@ def make_nuclei_volume(
     nuclei = _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching, min_gap)
     labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
 
-    grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
-    grain /= grain.std() + 1e-12
-    signal *= 1.0 + texture * grain * (labels > 0)
-
+    signal *= 1.0 + texture * _grain(rng, shape, vs) * (labels > 0)
     artifacts = _artifacts(rng, shape, vs, n_artifacts)
     signal[artifacts] = 3.0
     if illumination:
@@ -166,6 +158,22 @@ def make_nuclei_volume(
         voxel_size=tuple(float(v) for v in vs),  # type: ignore[arg-type]
         artifacts=artifacts,
     )
+
+
+def _geometry(shape: Sequence[int], voxel_size: Sequence[float]) -> tuple[tuple, np.ndarray]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"shape must be three sizes >= 4, got {shape}")
+    vs = np.asarray(voxel_size, dtype=float)
+    if vs.shape != (3,) or (vs <= 0).any():
+        raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size}")
+    return shape, vs
+
+
+def _grain(rng, shape, vs) -> np.ndarray:
+    """Chromatin-like texture: smoothed white noise of unit standard deviation."""
+    grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
+    return grain / (grain.std() + 1e-12)
 
 
 def _artifacts(rng, shape, vs, n: int) -> np.ndarray:
