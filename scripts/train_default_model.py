@@ -45,6 +45,11 @@ def main() -> None:
     ap.add_argument(
         "--no-export", action="store_true", help="train only; leave the shipped model as it is"
     )
+    ap.add_argument(
+        "--export-only",
+        action="store_true",
+        help="do not train: export the finished run in --out (made with --no-export)",
+    )
     ap.add_argument("--out", default=str(ROOT / "runs" / "default-model"))
     args = ap.parse_args()
 
@@ -85,7 +90,24 @@ def main() -> None:
     if args.minutes is not None:
         overrides["stop.minutes"] = args.minutes
     cfg = apply_overrides(cfg, overrides)
-    run = train(images, args.out, cfg, overwrite=True)
+    if args.export_only:
+        from cellcut.model import Checkpoint, load_model
+        from cellcut.training import TrainingRun
+
+        ckpt = Checkpoint.load(args.out)
+        run = TrainingRun(
+            Path(args.out),
+            cfg,
+            load_model(args.out).model,
+            ckpt.intensity_sigma,
+            ckpt.suggested_intensity_sigma,
+            step=ckpt.step,
+            history=ckpt.history,
+            foreground_classes=ckpt.foreground_classes,
+            stopped_by=f"{cfg.stop.minutes:g} minutes",
+        )
+    else:
+        run = train(images, args.out, cfg, overwrite=True)
     if args.no_export:
         print(json.dumps({"checkpoint": str(run.checkpoint), "steps": run.step}, indent=1))
         return

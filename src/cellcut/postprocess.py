@@ -17,9 +17,8 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
 radius: the median, over the mask's connected components, of the largest inscribed sphere's
 radius (the maximum of the physical distance transform; touching nuclei merged in the mask still
-give one nucleus' radius). A fixed blur suits only one size: on embryo nuclei (radius ≈ 8 µm)
-2 µm split the 8-cell volume into fragments (F1@0.5 0.08, auto 0.82) while 4 µm merged
-neighbours on synthetic nuclei of radius 3–5 µm (F1 0.32, auto 0.79).
+give one nucleus' radius). A fixed blur suits only one size: too small splits large nuclei
+into fragments, too large merges small neighbours (the README has the measured figures).
 
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
 removed and the labels renumbered 1..n.
