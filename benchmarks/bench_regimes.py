@@ -208,29 +208,11 @@ def reference_case(minutes: float, path: Path, folder: Path) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
-    torch.set_num_threads(harness.THREADS)
-    torch.manual_seed(0)
+    from bench_train_embryo import pad_to_patch, reference_loop
+
     v = tifffile.imread(path).astype(np.float32)
-    padded = np.pad(v, [(0, max(0, 64 - s)) for s in v.shape], mode="reflect")
-    model = ref.WNet(in_channels=1, out_channels=1, num_classes=2, dropout=0.65)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-5, weight_decay=0.01)
-    ncut = ref.SoftNCutsLoss(
-        data_shape=(64, 64, 64), device="cpu", intensity_sigma=1.0, spatial_sigma=4.0, radius=2
-    )
-    mse = torch.nn.MSELoss()
-    rng = np.random.default_rng(0)
-    t0, step = time.perf_counter(), 0
-    while time.perf_counter() - t0 < minutes * 60:
-        start = [int(rng.integers(0, s - 64 + 1)) for s in padded.shape]
-        patch = torch.from_numpy(padded[tuple(slice(a, a + 64) for a in start)].copy())
-        image = ref.remap_image(patch)[None, None]
-        enc, dec = model(image)
-        loss = 0.5 * ncut(enc, image) + 0.5 * mse(dec, image)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
+    model, log = reference_loop([pad_to_patch(v)], minutes, lambda *_: None)
+    step = len(log)
     model.eval()
     with torch.no_grad():
         probs = sliding_window_inference(

@@ -49,21 +49,17 @@ def embryo_paths():
     return [(root / f"{n}cell_image.tif", root / f"{n}cell_labels_cc.tif") for n in NAMES]
 
 
-def reference_train(minutes: float, snapshots: list[float], folder: Path) -> None:
-    """The reference's training loop (its worker's defaults), snapshots saved as state dicts."""
+def reference_loop(vols, minutes: float, on_tick) -> tuple:
+    """The reference's training loop (its worker's defaults) on 64³ patches of ``vols`` (numpy
+    volumes, each at least 64 per axis) for ``minutes``; ``on_tick(model, step, elapsed)`` after
+    every step. Returns the model and the per-step log."""
     import anchor_import as ref
     import numpy as np
-    import tifffile
     import torch
 
     torch.set_num_threads(harness.THREADS)
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    vols = []
-    for ip, _ in embryo_paths():
-        v = tifffile.imread(ip).astype(np.float32)
-        pad = [(0, max(0, 64 - s)) for s in v.shape]
-        vols.append(np.pad(v, pad, mode="reflect"))
     model = ref.WNet(in_channels=1, out_channels=1, num_classes=2, dropout=0.65)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=2e-5, weight_decay=0.01)
@@ -73,10 +69,9 @@ def reference_train(minutes: float, snapshots: list[float], folder: Path) -> Non
     mse = torch.nn.MSELoss()
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    pending = sorted(snapshots)
     step = 0
     log = []
-    while pending:
+    while time.perf_counter() - t0 < minutes * 60:
         v = vols[step % len(vols)]
         start = [int(rng.integers(0, s - 64 + 1)) for s in v.shape]
         patch = torch.from_numpy(v[tuple(slice(a, a + 64) for a in start)].copy())
@@ -90,9 +85,31 @@ def reference_train(minutes: float, snapshots: list[float], folder: Path) -> Non
         step += 1
         elapsed = time.perf_counter() - t0
         log.append({"step": step, "elapsed_s": elapsed, "ncut": float(n), "rec": float(r)})
+        on_tick(model, step, elapsed)
+    return model, log
+
+
+def pad_to_patch(v):
+    import numpy as np
+
+    return np.pad(v, [(0, max(0, 64 - s)) for s in v.shape], mode="reflect")
+
+
+def reference_train(minutes: float, snapshots: list[float], folder: Path) -> None:
+    """The reference's training on the embryo volumes, snapshots saved as state dicts."""
+    import numpy as np
+    import tifffile
+    import torch
+
+    vols = [pad_to_patch(tifffile.imread(ip).astype(np.float32)) for ip, _ in embryo_paths()]
+    pending = sorted(snapshots)
+
+    def snapshot(model, step, elapsed):
         while pending and elapsed >= pending[0] * 60:
             torch.save(model.state_dict(), folder / f"reference_{pending[0]:g}.pt")
             pending.pop(0)
+
+    _, log = reference_loop(vols, max(snapshots) + 0.01, snapshot)
     (folder / "reference_log.json").write_text(json.dumps(log))
 
 

@@ -38,10 +38,9 @@ CHILD = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
-    import torch
     import zarr
 
-    from cellcut.model import Checkpoint, WNet3D
+    from tests.helpers import untrained_model
 
     shape = (128, 512, 512)  # 128 MB as float32, 1 GB as int64 labels: far above the bound
     image = zarr.create_array(
@@ -55,15 +54,7 @@ def test_peak_memory_is_bounded_by_block_not_volume(tmp_path):
     # (seed 0: 85 MB of growth; with one chunk in flight instead of two, seeds 0-3 gave 78, 65,
     # 515 and 78 MB, the third from 309523 noise "cells" in a per-cell list of dicts, since
     # replaced by a columnar table)
-    torch.manual_seed(0)
-    model = WNet3D(base_width=2, depth=1)
-    Checkpoint(
-        architecture=model.arch.__dict__,
-        model=model.state_dict(),
-        config={"data": {"normalization": "percentile"}},
-        foreground_classes=[1],
-        input_scale=100.0,
-    ).save(tmp_path / "tiny.pt")
+    untrained_model(tmp_path / "tiny.pt", seed=0)
     out = subprocess.run(
         [
             sys.executable,

@@ -66,20 +66,12 @@ def test_foreground_far_from_the_image_split_is_said():
 
 def test_segment_reports_the_self_check(tmp_path):
     """End to end: an untrained model's speckle on a grainy regime draws a warning."""
-    import torch
+    from tests.helpers import untrained_model
 
-    from cellcut.model import Checkpoint, WNet3D
     from cellcut.segmentation import segment
 
     v = regime_volume("confocal-dense-grainy", 0)
-    torch.manual_seed(0)
-    model = WNet3D(base_width=2, depth=1)
-    Checkpoint(
-        architecture=model.arch.__dict__,
-        model=model.state_dict(),
-        config={"data": {"normalization": "percentile"}},
-        foreground_classes=[1],
-    ).save(tmp_path / "random.pt")
+    untrained_model(tmp_path / "random.pt")
     result = segment(
         v.image[:48, :48, :48], None, model=tmp_path / "random.pt", voxel_size=v.voxel_size,
         instances="connected",
