@@ -6,7 +6,8 @@ Like nnU-Net's data fingerprint, a few robust numbers let settings and checks fo
   lightly denoised image (a 3x3 median per plane, then a small Gaussian);
 - ``object_radius``: the typical nucleus radius (µm, voxels without a voxel size): the
   volume-weighted median inscribed radius of the bright class's components
-  (:func:`typical_radius`). Measured on the denoised image, not on a model's probability, and
+  (:func:`cellcut.postprocess.typical_radius`). Measured on the denoised image, not on a
+  model's probability, and
   weighted by volume, grain cannot shrink it the way speckle shrinks the components of a noisy
   probability mask (a scale-normalized LoG was tried first: on textured nuclei its strongest
   response sat at the smallest scale in 7 of 9 regimes);
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from cellcut.postprocess import object_radii, typical_radius
 
 WINDOW = 96
 MAX_WINDOWS = 4
@@ -61,25 +64,6 @@ def denoise(block: np.ndarray, sigma: float = 0.7) -> np.ndarray:
     return ndi.gaussian_filter(out, sigma, output=out)
 
 
-def typical_radius(mask: np.ndarray, voxel_size: Sequence[float] | None) -> float | None:
-    """Volume-weighted median of the inscribed radius of ``mask``'s connected components.
-
-    Each component's largest inscribed sphere (maximum of the physical distance transform)
-    stands for the nuclei in it (touching nuclei merged in one component still give about one
-    nucleus' radius); weighting by volume lets the few voxels of speckle count for little.
-    """
-    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
-    if n == 0:
-        return None
-    index = np.arange(1, n + 1)
-    dist = ndi.distance_transform_edt(mask, sampling=voxel_size)
-    radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
-    sizes = np.asarray(ndi.sum(mask, labels, index), dtype=np.float64)
-    order = np.argsort(radii)
-    cumulative = np.cumsum(sizes[order])
-    return float(radii[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
-
-
 def measure(data: Any, voxel_size: Sequence[float] | None = None) -> Fingerprint:
     """The fingerprint of a (z, y, x) volume (array or lazy array); see the module docstring."""
     from skimage.filters import threshold_otsu
@@ -100,11 +84,13 @@ def measure(data: Any, voxel_size: Sequence[float] | None = None) -> Fingerprint
     top = max(float(r.max()) for r in raw)
     limit = top in (255.0, 4095.0, 65535.0) or top >= 1e4
     saturated = float(np.mean([(r >= top).mean() for r in raw])) if limit else 0.0
-    masks = [s > t for s in smooth]
-    found = [r for r in (typical_radius(m, voxel_size) for m in masks) if r is not None]
+    pieces = [object_radii(s > t, voxel_size, min_voxels=1) for s in smooth]
+    radius = typical_radius(
+        np.concatenate([r for r, _ in pieces]), np.concatenate([n for _, n in pieces])
+    )
     return Fingerprint(
         foreground_fraction=float((values > t).mean()),
-        object_radius=float(np.median(found)) if found else None,
+        object_radius=radius,
         contrast_to_noise=contrast / max(noise, 1e-12),
         saturated_fraction=saturated,
         units="µm" if voxel_size else "voxels",

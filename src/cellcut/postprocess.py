@@ -15,9 +15,10 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
     Connected components of the mask (26-connectivity).
 
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
-radius: the median, over the mask's connected components, of the largest inscribed sphere's
-radius (the maximum of the physical distance transform; touching nuclei merged in the mask still
-give one nucleus' radius). A fixed blur suits only one size: too small splits large nuclei
+radius: the volume-weighted median, over the mask's connected components, of the largest
+inscribed sphere's radius (the maximum of the physical distance transform; touching nuclei
+merged in the mask still give one nucleus' radius, and the many small specks of a noisy mask
+count for little). A fixed blur suits only one size: too small splits large nuclei
 into fragments, too large merges small neighbours (the README has the measured figures).
 
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
@@ -70,8 +71,9 @@ def object_radii(
     *,
     min_voxels: int = 8,
     open_faces: Sequence[tuple[int, int]] = (),
-) -> np.ndarray:
-    """Largest inscribed radius of each connected component of ``mask`` (µm, else voxels).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Largest inscribed radius (µm, else voxels) and size (voxels) of each connected component
+    of ``mask``.
 
     Components under ``min_voxels`` are skipped, as are those touching any of ``open_faces``
     ((axis, 0 or -1) pairs: faces where the mask is a crop of a larger volume, so the object
@@ -80,24 +82,35 @@ def object_radii(
     m = np.asarray(mask, dtype=bool)
     labels, n = ndi.label(m, structure=np.ones((3, 3, 3)))
     if n == 0:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0)
     index = np.arange(1, n + 1)
     dist = ndi.distance_transform_edt(m, sampling=voxel_size)
     radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
-    keep = np.asarray(ndi.sum(m, labels, index)) >= min_voxels
+    sizes = np.asarray(ndi.sum(m, labels, index), dtype=np.float64)
+    keep = sizes >= min_voxels
     for axis, end in open_faces:
         touching = np.unique(np.take(labels, end, axis=axis))
         keep[touching[touching > 0] - 1] = False
-    return radii[keep]
+    return radii[keep], sizes[keep]
+
+
+def typical_radius(radii: np.ndarray, sizes: np.ndarray) -> float | None:
+    """The volume-weighted median of component radii: the radius of the component that holds
+    the median voxel, so that many specks of a noisy mask count for little."""
+    if len(radii) == 0:
+        return None
+    order = np.argsort(radii)
+    cumulative = np.cumsum(np.asarray(sizes, dtype=np.float64)[order])
+    return float(np.asarray(radii)[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def auto_spot_sigma(
-    radii: np.ndarray, voxel_size: Sequence[float] | None = None
+    radii: np.ndarray, sizes: np.ndarray, voxel_size: Sequence[float] | None = None
 ) -> tuple[float, float | None]:
-    """(spot sigma, median radius) from :func:`object_radii`; the default when none."""
-    if len(radii) == 0:
+    """(spot sigma, typical radius) from :func:`object_radii`; the default when none."""
+    radius = typical_radius(radii, sizes)
+    if radius is None:
         return DEFAULT_SPOT_SIGMA, None
-    radius = float(np.median(radii))
     floor = 0.5 * min(voxel_size) if voxel_size else 0.5
     return max(SPOT_RADIUS_FRACTION * radius, floor), radius
 
@@ -116,7 +129,7 @@ def voronoi_otsu(
     outline = ndi.gaussian_filter(img, sigma_voxels(outline_sigma, voxel_size))
     mask = outline > threshold(outline, probability)
     if spot_sigma == "auto":
-        spot_sigma, _ = auto_spot_sigma(object_radii(mask, voxel_size), voxel_size)
+        spot_sigma, _ = auto_spot_sigma(*object_radii(mask, voxel_size), voxel_size)
     spots = ndi.gaussian_filter(img, sigma_voxels(spot_sigma, voxel_size))
     markers = _local_maxima(spots, mask, [1, 1, 1])
     return watershed(-spots, markers, mask=mask).astype(np.int32)

@@ -20,27 +20,34 @@ def test_object_radii_are_physical_inscribed_radii():
     # a sphere of radius 6 µm sampled at (2, 1, 1) µm, and one of 3 µm
     vs = (2.0, 1.0, 1.0)
     mask = ball((20, 40, 60), (10, 20, 15), 6.0, vs) | ball((20, 40, 60), (10, 20, 45), 3.0, vs)
-    radii = np.sort(object_radii(mask, vs))
-    assert radii == pytest.approx([3.0, 6.0], abs=1.0)
+    radii, sizes = object_radii(mask, vs)
+    assert np.sort(radii) == pytest.approx([3.0, 6.0], abs=1.0)
+    assert sizes[np.argmax(radii)] == mask[:, :, :30].sum()
     # in voxels without a voxel size: the big one's x radius
-    assert object_radii(ball((20, 40, 40), (10, 20, 20), 6.0)).tolist() == [pytest.approx(6, abs=1)]
+    radii, _ = object_radii(ball((20, 40, 40), (10, 20, 20), 6.0))
+    assert radii.tolist() == [pytest.approx(6, abs=1)]
 
 
 def test_object_radii_skip_small_and_cut_objects():
     mask = ball((20, 40, 40), (10, 20, 20), 5.0)
     mask[0, 0, 0] = True  # one voxel: under min_voxels
-    assert len(object_radii(mask)) == 1
+    assert len(object_radii(mask)[0]) == 1
     cut = ball((20, 40, 40), (10, 20, 2), 5.0)  # touches the x = 0 face
-    assert len(object_radii(cut)) == 1
-    assert len(object_radii(cut, open_faces=[(2, 0)])) == 0
-    assert len(object_radii(cut, open_faces=[(2, -1)])) == 1
-    assert len(object_radii(np.zeros((5, 5, 5), bool))) == 0
+    assert len(object_radii(cut)[0]) == 1
+    assert len(object_radii(cut, open_faces=[(2, 0)])[0]) == 0
+    assert len(object_radii(cut, open_faces=[(2, -1)])[0]) == 1
+    assert len(object_radii(np.zeros((5, 5, 5), bool))[0]) == 0
 
 
-def test_auto_spot_sigma_is_half_the_median_radius():
-    assert auto_spot_sigma(np.array([2.0, 4.0, 10.0])) == (2.0, 4.0)
-    assert auto_spot_sigma(np.zeros(0)) == (2.0, None)  # nothing measured: the default
-    assert auto_spot_sigma(np.array([0.2]), (0.5, 0.25, 0.25)) == (0.125, 0.2)  # floor
+def test_auto_spot_sigma_is_half_the_volume_weighted_median_radius():
+    equal = np.ones(3)
+    assert auto_spot_sigma(np.array([2.0, 4.0, 10.0]), equal) == (2.0, 4.0)
+    # forty one-voxel specks do not outvote two real nuclei
+    radii = np.array([0.5] * 40 + [6.0, 7.0])
+    sizes = np.array([1.0] * 40 + [900.0, 1400.0])
+    assert auto_spot_sigma(radii, sizes) == (3.5, 7.0)
+    assert auto_spot_sigma(np.zeros(0), np.zeros(0)) == (2.0, None)  # nothing: the default
+    assert auto_spot_sigma(np.array([0.2]), np.ones(1), (0.5, 0.25, 0.25)) == (0.125, 0.2)
 
 
 def test_auto_spot_sigma_follows_the_nuclei_size():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellcut.fingerprint import Fingerprint, measure, typical_radius
+from cellcut.fingerprint import Fingerprint, measure
+from cellcut.postprocess import object_radii, typical_radius
 from cellcut.segmentation.selfcheck import check_segmentation
 from cellcut.synthetic import regime_volume
 
@@ -28,7 +29,7 @@ def test_typical_radius_ignores_speckle():
     mask |= (zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2 <= 8**2
     rng = np.random.default_rng(0)
     specks = rng.random(mask.shape) < 0.02  # hundreds of one-voxel components
-    r = typical_radius(mask | specks, None)
+    r = typical_radius(*object_radii(mask | specks, None, min_voxels=1))
     assert r == pytest.approx(8.5, abs=1.0)
 
 
