@@ -4,13 +4,12 @@ Like nnU-Net's data fingerprint, a few robust numbers let settings and checks fo
 
 - ``foreground_fraction``: the share of voxels in the bright class of Otsu's split of the
   lightly denoised image (a 3x3 median per plane, then a small Gaussian);
-- ``object_radius``: the typical nucleus radius (µm, voxels without a voxel size): the
-  volume-weighted median inscribed radius of the bright class's components
+- ``object_radius``: the typical nucleus radius (µm, voxels without a voxel size): the median
+  inscribed radius of the bright class's components, specks left out
   (:func:`cellcut.postprocess.typical_radius`). Measured on the denoised image, not on a
-  model's probability, and
-  weighted by volume, grain cannot shrink it the way speckle shrinks the components of a noisy
-  probability mask (a scale-normalized LoG was tried first: on textured nuclei its strongest
-  response sat at the smallest scale in 7 of 9 regimes);
+  model's probability, and without its specks, grain cannot shrink it the way speckle shrinks
+  the components of a noisy probability mask (a scale-normalized LoG was tried first: on
+  textured nuclei its strongest response sat at the smallest scale in 7 of 9 regimes);
 - ``contrast_to_noise``: (bright median - dark median) / the voxel noise;
 - ``saturated_fraction``: the share of voxels at the image's maximum when that looks like a
   detector limit.

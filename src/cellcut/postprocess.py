@@ -15,10 +15,10 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
     Connected components of the mask (26-connectivity).
 
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
-radius: the volume-weighted median, over the mask's connected components, of the largest
-inscribed sphere's radius (the maximum of the physical distance transform; touching nuclei
-merged in the mask still give one nucleus' radius, and the many small specks of a noisy mask
-count for little). A fixed blur suits only one size: too small splits large nuclei
+radius: the median, over the mask's connected components that are not specks (a tenth of the
+typical component's size or more), of the largest inscribed sphere's radius (the maximum of the
+physical distance transform; touching nuclei merged in the mask still give one nucleus'
+radius, and the many small specks of a noisy mask do not count). A fixed blur suits only one size: too small splits large nuclei
 into fragments, too large merges small neighbours (the README has the measured figures).
 
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
@@ -94,14 +94,25 @@ def object_radii(
     return radii[keep], sizes[keep]
 
 
+SPECK_SIZE_FRACTION = 0.1
+"""Components smaller than this share of the typical component size are specks."""
+
+
 def typical_radius(radii: np.ndarray, sizes: np.ndarray) -> float | None:
-    """The volume-weighted median of component radii: the radius of the component that holds
-    the median voxel, so that many specks of a noisy mask count for little."""
+    """The median radius of the components that are not specks.
+
+    The typical component size is the volume-weighted median size (the size of the component
+    holding the median voxel), which the many small specks of a noisy mask barely move;
+    components under :data:`SPECK_SIZE_FRACTION` of it are left out, and each remaining one
+    counts once (weighting radii by volume instead would favour clusters of merged nuclei).
+    """
     if len(radii) == 0:
         return None
-    order = np.argsort(radii)
-    cumulative = np.cumsum(np.asarray(sizes, dtype=np.float64)[order])
-    return float(np.asarray(radii)[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+    sizes = np.asarray(sizes, dtype=np.float64)
+    order = np.argsort(sizes)
+    cumulative = np.cumsum(sizes[order])
+    typical = sizes[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
+    return float(np.median(np.asarray(radii)[sizes >= SPECK_SIZE_FRACTION * typical]))
 
 
 def auto_spot_sigma(

@@ -39,13 +39,13 @@ def test_object_radii_skip_small_and_cut_objects():
     assert len(object_radii(np.zeros((5, 5, 5), bool))[0]) == 0
 
 
-def test_auto_spot_sigma_is_half_the_volume_weighted_median_radius():
+def test_auto_spot_sigma_is_half_the_median_radius_of_all_but_specks():
     equal = np.ones(3)
     assert auto_spot_sigma(np.array([2.0, 4.0, 10.0]), equal) == (2.0, 4.0)
     # forty one-voxel specks do not outvote two real nuclei
     radii = np.array([0.5] * 40 + [6.0, 7.0])
     sizes = np.array([1.0] * 40 + [900.0, 1400.0])
-    assert auto_spot_sigma(radii, sizes) == (3.5, 7.0)
+    assert auto_spot_sigma(radii, sizes) == (3.25, 6.5)
     assert auto_spot_sigma(np.zeros(0), np.zeros(0)) == (2.0, None)  # nothing: the default
     assert auto_spot_sigma(np.array([0.2]), np.ones(1), (0.5, 0.25, 0.25)) == (0.125, 0.2)
 
