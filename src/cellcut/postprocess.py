@@ -18,8 +18,9 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
 radius: the median, over the mask's connected components that are not specks (a tenth of the
 typical component's size or more), of the largest inscribed sphere's radius (the maximum of the
 physical distance transform; touching nuclei merged in the mask still give one nucleus'
-radius, and the many small specks of a noisy mask do not count). A fixed blur suits only one size: too small splits large nuclei
-into fragments, too large merges small neighbours (the README has the measured figures).
+radius, and the many small specks of a noisy mask do not count). A fixed blur suits only one
+size: too small splits large nuclei into fragments, too large merges small neighbours (the
+README has the measured figures).
 
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
 removed and the labels renumbered 1..n.
