@@ -45,7 +45,7 @@ _SEGMENT_FLAGS = {
     "spot_sigma": ("--spot-sigma", {"type": "float_or_auto"}),
     "outline_sigma": ("--outline-sigma", {"type": float}),
     "min_distance": ("--min-distance", {"type": float}),
-    "min_volume": ("--min-volume", {"type": float}),
+    "min_volume": ("--min-volume", {"type": "number_or_auto"}),
     "max_volume": ("--max-volume", {"type": float}),
     "device": ("--device", {}),
     "channel": ("--channel", {"type": int}),
@@ -60,6 +60,8 @@ def _add_segment_options(p: argparse.ArgumentParser) -> None:
         kwargs = dict(settings)
         if kwargs.get("type") == "float_or_auto":
             kwargs["type"] = _float_or_auto
+        elif kwargs.get("type") == "number_or_auto":
+            kwargs["type"] = _number_or_auto
         default = getattr(SEGMENT_DEFAULTS, name)
         shown = "" if default is None else f" (default: {default})"
         help_text = f"{field.description}{shown}"
@@ -313,6 +315,16 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"statistics:  {result.stats_path}")
     print(f"overview:    {result.overview_path}")
     return 0
+
+
+def _number_or_auto(text: str) -> float | str:
+    """'auto' or a number; its range is checked with the other settings (SegmentOptions)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
 def _float_or_auto(text: str) -> float | str:

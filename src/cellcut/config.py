@@ -259,7 +259,13 @@ class SegmentOptions(_Section):
     )
     outline_sigma: float = Field(1.0, gt=0, description="Voronoi-Otsu mask blur, µm")
     min_distance: float = Field(2.0, gt=0, description="watershed seed distance, µm")
-    min_volume: float = Field(0.0, ge=0, description="smaller objects are removed, µm³")
+    min_volume: float | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "smaller objects are removed, µm³; 'auto': specks, smaller than a sphere of a third "
+            "of the image's typical nucleus radius"
+        ),
+    )
     max_volume: float | None = Field(
         None, gt=0, description="larger objects are removed (artifacts), µm³"
     )
@@ -279,6 +285,15 @@ class SegmentOptions(_Section):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             return float(value)
         raise ValueError(f"spot_sigma must be a positive number or 'auto', got {value!r}")
+
+    @field_validator("min_volume", mode="before")
+    @classmethod
+    def _min_volume(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        raise ValueError(f"min_volume must be a number >= 0 or 'auto', got {value!r}")
 
     @field_validator("window", "block", "halo")
     @classmethod

@@ -20,6 +20,7 @@ so the cost does not grow with the volume.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from cellcut.postprocess import object_radii, typical_radius
 
 WINDOW = 96
 MAX_WINDOWS = 4
+SPECK_RADIUS_FRACTION = 1 / 3
+"""An object smaller than a sphere of this share of the typical radius is a speck."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,13 @@ class Fingerprint:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def speck_volume(self) -> float:
+        """Volume (µm³, voxels³ without a voxel size) under which an object is a speck: a
+        sphere of :data:`SPECK_RADIUS_FRACTION` of the typical radius (0 when unknown)."""
+        if self.object_radius is None:
+            return 0.0
+        return 4 / 3 * math.pi * (SPECK_RADIUS_FRACTION * self.object_radius) ** 3
 
 
 def _windows(shape: Sequence[int], size: int, n: int) -> list[tuple[slice, ...]]:
@@ -64,33 +74,51 @@ def denoise(block: np.ndarray, sigma: float = 0.7) -> np.ndarray:
 
 
 def measure(data: Any, voxel_size: Sequence[float] | None = None) -> Fingerprint:
-    """The fingerprint of a (z, y, x) volume (array or lazy array); see the module docstring."""
+    """The fingerprint of a (z, y, x) volume (array or lazy array); see the module docstring.
+
+    Two passes over the windows, one window in memory at a time: the first finds the global
+    threshold (on every 8th denoised voxel) and the noise, the second the classes' shares,
+    levels and components.
+    """
     from skimage.filters import threshold_otsu
 
     from cellcut.normalize import estimate_noise
 
     shape = tuple(int(s) for s in data.shape)
-    raw = [np.asarray(data[w], dtype=np.float32) for w in _windows(shape, WINDOW, MAX_WINDOWS)]
-    smooth = [denoise(r) for r in raw]
-    values = np.concatenate([s.ravel() for s in smooth])
+    windows = _windows(shape, WINDOW, MAX_WINDOWS)
+    units = "µm" if voxel_size else "voxels"
+    samples, noise, tops = [], [], []
+    for w in windows:
+        raw = np.asarray(data[w], dtype=np.float32)
+        noise.append(estimate_noise(raw))
+        tops.append(float(raw.max()))
+        samples.append(denoise(raw)[::2, ::2, ::2].ravel())
+    values = np.concatenate(samples)
     lo, hi = np.percentile(values, [0.1, 99.9])
     if hi <= lo:
-        return Fingerprint(0.0, None, 0.0, 0.0, "µm" if voxel_size else "voxels")
+        return Fingerprint(0.0, None, 0.0, 0.0, units)
     t = float(threshold_otsu(np.clip(values, lo, hi)))
-    dark, bright = values[values <= t], values[values > t]
-    noise = float(np.median([estimate_noise(r) for r in raw]))
-    contrast = float(np.median(bright) - np.median(dark)) if len(bright) and len(dark) else 0.0
-    top = max(float(r.max()) for r in raw)
+    top = max(tops)
     limit = top in (255.0, 4095.0, 65535.0) or top >= 1e4
-    saturated = float(np.mean([(r >= top).mean() for r in raw])) if limit else 0.0
-    pieces = [object_radii(s > t, voxel_size, min_voxels=1) for s in smooth]
-    radius = typical_radius(
-        np.concatenate([r for r, _ in pieces]), np.concatenate([n for _, n in pieces])
-    )
+    bright = voxels = saturated = 0.0
+    levels: list[np.ndarray] = [values[values <= t], values[values > t]]
+    radii, sizes = [], []
+    for w in windows:
+        raw = np.asarray(data[w], dtype=np.float32)
+        if limit:
+            saturated += float((raw >= top).sum())
+        mask = denoise(raw) > t
+        del raw
+        bright += float(mask.sum())
+        voxels += mask.size
+        r, n = object_radii(mask, voxel_size, min_voxels=1)
+        radii.append(r)
+        sizes.append(n)
+    dark_level, bright_level = (float(np.median(v)) if len(v) else 0.0 for v in levels)
     return Fingerprint(
-        foreground_fraction=float((values > t).mean()),
-        object_radius=radius,
-        contrast_to_noise=contrast / max(noise, 1e-12),
-        saturated_fraction=saturated,
-        units="µm" if voxel_size else "voxels",
+        foreground_fraction=bright / voxels,
+        object_radius=typical_radius(np.concatenate(radii), np.concatenate(sizes)),
+        contrast_to_noise=(bright_level - dark_level) / max(float(np.median(noise)), 1e-12),
+        saturated_fraction=saturated / voxels,
+        units=units,
     )

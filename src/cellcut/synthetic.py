@@ -82,6 +82,7 @@ def make_nuclei_volume(
     min_gap: float = 0.85,
     illumination: float = 0.0,
     saturated: float = 0.0,
+    tissue: float = 0.0,
 ) -> SyntheticVolume:
     """Generate nuclei in a 3D fluorescence volume with ground truth.
 
@@ -131,6 +132,10 @@ def make_nuclei_volume(
         some regions half as bright as others).
     saturated
         Fraction of voxels that read the detector's maximum (hot pixels, saturated spots).
+    tissue
+        Brightness of a large, dim, smooth body (cytoplasm, an embryo, autofluorescent tissue)
+        that fills the middle of the volume, as a fraction of the brightest nuclei's level; it
+        is background for the ground truth.
 
     Returns
     -------
@@ -146,6 +151,8 @@ def make_nuclei_volume(
     labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
 
     signal *= 1.0 + texture * _grain(rng, shape, vs) * (labels > 0)
+    if tissue:
+        signal += tissue * brightness[1] * _body(rng, shape) * (labels == 0)
     artifacts = _artifacts(rng, shape, vs, n_artifacts)
     signal[artifacts] = 3.0
     if illumination:
@@ -174,6 +181,15 @@ def _grain(rng, shape, vs) -> np.ndarray:
     """Chromatin-like texture: smoothed white noise of unit standard deviation."""
     grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
     return grain / (grain.std() + 1e-12)
+
+
+def _body(rng, shape) -> np.ndarray:
+    """A smooth ellipsoidal body filling about half of the volume, 1 inside, 0 outside."""
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    axes = rng.uniform(0.6, 0.9, size=3)
+    centre = rng.uniform(-0.15, 0.15, size=3)
+    d = np.sqrt(sum(((g - c) / a) ** 2 for g, c, a in zip(grid, centre, axes, strict=True)))
+    return np.clip((1.1 - d) / 0.2, 0.0, 1.0).astype(np.float32)
 
 
 def _artifacts(rng, shape, vs, n: int) -> np.ndarray:
@@ -371,6 +387,7 @@ def random_regime(rng: np.random.Generator) -> dict:
         read_noise=float(rng.uniform(0.002, 0.02)),
         illumination=float(rng.choice([0.0, rng.uniform(0.2, 0.6)])),
         saturated=float(rng.choice([0.0, 1e-4, 5e-4])),
+        tissue=float(rng.choice([0.0, rng.uniform(0.05, 0.3)])),
         dtype=str(rng.choice(["uint8", "uint16", "float32"])),
     )
 

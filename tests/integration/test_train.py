@@ -126,7 +126,7 @@ def test_poor_reconstruction_is_reported(tmp_path, volume_file):
     img, _ = volume_file
     cfg = config(
         loss={"rec_weight": 1e-9, "ncut_weight": 1.0},
-        optimizer={"lr": 3e-3},
+        optimizer={"lr": 5e-3},  # the N-cut must fall for "poor reconstruction" to apply
         log={"every": 1},
         stop={"steps": 30},
     )
@@ -280,8 +280,15 @@ def test_fine_tuning_holds_the_starting_models_class_centres(tmp_path, volume_fi
     base = train([img], tmp_path / "base", config(stop={"steps": 6}))
     base_state = Checkpoint.load(base.checkpoint)
     assert base_state.intensity_momentum == 0.01
+    # "model" asks for the starting model's classes whatever they are; "auto" (the default)
+    # takes them only where they agree with the data, and a 6-step base model's do not (see
+    # test_fine_tuning_adopts_the_datas_classes_when_the_models_split_disagrees)
+    held = {"intensity_centres": "model"}
     tuned = train(
-        [img], tmp_path / "tuned", config(stop={"steps": 6}), from_pretrained=base.checkpoint
+        [img],
+        tmp_path / "tuned",
+        config(stop={"steps": 6}, loss=held),
+        from_pretrained=base.checkpoint,
     )
     state = Checkpoint.load(tuned.checkpoint)
     assert state.intensity_momentum == 0.0
@@ -302,9 +309,8 @@ def test_fine_tuning_holds_the_starting_models_class_centres(tmp_path, volume_fi
     )
     assert Checkpoint.load(otsu.checkpoint).intensity_momentum == 0.01
     # a resumed fine-tuning run keeps its held centres
-    part = train(
-        [img], tmp_path / "part", config(stop={"steps": 4}), from_pretrained=base.checkpoint
-    )
+    cfg = config(stop={"steps": 4}, loss=held)
+    part = train([img], tmp_path / "part", cfg, from_pretrained=base.checkpoint)
     resumed = train([], part.run_dir, resume=True, overrides=["stop.steps=6"])
     end = Checkpoint.load(resumed.checkpoint)
     assert end.intensity_momentum == 0.0

@@ -45,7 +45,7 @@ def test_instance_choices_come_from_postprocess():
         ("overlap", 1.5, "overlap: Input should be less than 1"),
         ("batch_size", 0, "batch_size: Input should be greater than or equal to 1"),
         ("outline_sigma", -1.0, "outline_sigma: Input should be greater than 0"),
-        ("min_volume", -5, "min_volume: Input should be greater than or equal to 0"),
+        ("min_volume", -5, "min_volume must be a number >= 0 or .auto., got -5"),
         ("spot_sigma", float("nan"), "spot_sigma must be a positive number or 'auto'"),
         ("instances", "magic", "instances: Input should be"),
     ],
@@ -84,3 +84,25 @@ def test_train_overrides_take_a_dict_of_typed_values():
     assert cfg.data.patch_size == (32, 32, 32) and cfg.optimizer.lr == 3e-4
     with pytest.raises(CellcutError, match="names no setting"):
         apply_overrides(TrainConfig(), {"log.select_best": True})
+
+
+def test_min_volume_auto_is_the_speck_floor_of_the_fingerprint(tmp_path):
+    """'auto' removes objects under a sphere of a third of the image's typical radius."""
+    import numpy as np
+    from tests.helpers import untrained_model
+
+    from cellcut.fingerprint import measure
+    from cellcut.segmentation import segment
+    from cellcut.synthetic import regime_volume
+
+    v = regime_volume("lightsheet-sparse", 0)
+    image = v.image[:24, :48, :48]
+    model = untrained_model(tmp_path / "m.pt")
+    auto = segment(image, None, model=model, voxel_size=v.voxel_size, instances="connected")
+    floor = measure(image, v.voxel_size).speck_volume()
+    assert auto.summary["min_volume"] == floor > 0
+    assert auto.n_cells == 0 or np.min(auto.stats.columns["volume_um3"]) >= floor
+    none = segment(
+        image, None, model=model, voxel_size=v.voxel_size, instances="connected", min_volume=0
+    )
+    assert none.summary["min_volume"] == 0 and none.n_cells >= auto.n_cells

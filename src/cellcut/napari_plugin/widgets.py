@@ -396,7 +396,13 @@ class SegmentWidget(QWidget):
         self.outline_sigma = mw.FloatSpinBox(
             label="outline σ (µm)", value=d.outline_sigma, min=0.1, max=50
         )
-        self.min_volume = mw.FloatSpinBox(label="min volume", value=d.min_volume, min=0, max=1e9)
+        volume_auto = d.min_volume == "auto"
+        self.volume_auto = mw.CheckBox(label="min volume from the nuclei's size", value=volume_auto)
+        self.min_volume = mw.FloatSpinBox(
+            label="min volume", value=0.0 if volume_auto else d.min_volume, min=0, max=1e9
+        )
+        self.min_volume.enabled = not volume_auto
+        self.volume_auto.changed.connect(lambda v: setattr(self.min_volume, "enabled", not v))
         self.form = mw.Container(
             widgets=[
                 self.image,
@@ -408,6 +414,7 @@ class SegmentWidget(QWidget):
                 self.spot_auto,
                 self.spot_sigma,
                 self.outline_sigma,
+                self.volume_auto,
                 self.min_volume,
             ]
         )
@@ -468,7 +475,7 @@ class SegmentWidget(QWidget):
             instances=self.method.value,
             spot_sigma="auto" if self.spot_auto.value else self.spot_sigma.value,
             outline_sigma=self.outline_sigma.value,
-            min_volume=self.min_volume.value,
+            min_volume="auto" if self.volume_auto.value else self.min_volume.value,
             keep_in_memory=True,
         )
 

@@ -38,6 +38,7 @@ class Labelling:
     n_objects: int
     spot_sigma: float | None = None
     median_radius: float | None = None
+    min_volume: float = 0.0
 
 
 def instance_halo(

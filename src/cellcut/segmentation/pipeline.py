@@ -163,7 +163,7 @@ def segment(
             labelling, rows, summary = Labelling(0), [], {}
         else:
             labels = new_array("labels", np.int32)
-            labelling = _label(prob, labels, opts, voxel_size, progress)
+            labelling = _label(prob, labels, opts, voxel_size, fingerprint, progress)
             rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
             summary.update(_labelling_summary(opts, labelling))
             summary["fingerprint"] = fingerprint.to_dict()
@@ -215,9 +215,13 @@ def _label(
     labels: Any,
     opts: SegmentOptions,
     voxel_size: Sequence[float] | None,
+    fingerprint: Fingerprint,
     progress: Progress | None,
 ) -> Labelling:
     halo = opts.triple("halo") or instance_halo(opts.triple("window"), voxel_size)
+    options = opts.instance_options()
+    if options["min_volume"] == "auto":
+        options["min_volume"] = fingerprint.speck_volume()
     labelling = label_blocks(
         prob,
         labels,
@@ -226,8 +230,9 @@ def _label(
         block=opts.triple("block"),
         halo=halo,
         progress=progress,
-        **opts.instance_options(),
+        **options,
     )
+    labelling.min_volume = float(options["min_volume"])
     release_free_memory()
     return labelling
 
@@ -243,7 +248,7 @@ def _self_check(
 
 
 def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, Any]:
-    summary: dict[str, Any] = {"instances": opts.instances}
+    summary: dict[str, Any] = {"instances": opts.instances, "min_volume": labelling.min_volume}
     if opts.instances == "voronoi-otsu":
         summary["spot_sigma"] = labelling.spot_sigma
         summary["median_object_radius"] = labelling.median_radius

@@ -19,8 +19,6 @@ SPECKLE = "speckle"
 FOREGROUND = "foreground"
 SIZE = "size"
 
-SPECK_RADIUS_FRACTION = 1 / 3
-"""An object smaller than a sphere of this share of the typical radius is a speck."""
 SPECKLE_SHARE = 0.5
 """Speckled: at least this share of the objects are specks (and there are many objects)."""
 FOREGROUND_RATIO = 3.0
@@ -73,7 +71,7 @@ def check_segmentation(
     r = fingerprint.object_radius
     radii = np.cbrt(3 * np.asarray(volumes, dtype=np.float64) / (4 * math.pi))
     if r is not None:
-        speck = max(4 / 3 * math.pi * (SPECK_RADIUS_FRACTION * r) ** 3, 2 * voxel_volume)
+        speck = max(fingerprint.speck_volume(), 2 * voxel_volume)
         share = float((np.asarray(volumes) < speck).mean())
         if share >= SPECKLE_SHARE and len(volumes) >= 20:
             found.append(
