@@ -236,7 +236,9 @@ def _intensity_term(
         stats = _soft_class_stats(
             session.model, session.volumes, session.cfg, session.input_scale, session.device
         )
-        disagreement = _split_disagreement(session.volumes, stats)
+        disagreement = None
+        if loss.intensity_centres == "auto":
+            disagreement = _split_disagreement(session.volumes, stats)
         if disagreement is None:
             centres = _centres_or_fallback(stats, centres)
         else:
