@@ -2,10 +2,11 @@
 """Train the default model shipped in cellcut (src/cellcut/weights/default.pt).
 
 Data: the real unlabelled volumes of ../shared/data (mesoSPIM crops, confocal cells3d nuclei,
-cleared-brain cortex from cellfinder) and synthetic volumes drawn across imaging regimes
-(:func:`cellcut.synthetic.random_regime`, seeds from 1000: never the volumes or settings the
-regime suite scores); recipe in configs/default_model.yaml. Runs on a CPU (the recipe's minutes
-on 2 cores); a GPU shortens it.
+cleared-brain cortex from cellfinder) and three synthetic volumes (the shipped recipe,
+configs/default_model.yaml), or with ``--regimes N`` N synthetic volumes drawn across imaging
+regimes (:func:`cellcut.synthetic.random_regime`, seeds from 1000: never the volumes or settings
+the regime suite scores; the candidate recipe configs/general_model.yaml). Runs on a CPU (the
+recipe's minutes on 2 cores); a GPU shortens it.
 Writes the run to runs/default-model, then the slim weights, checksum and model card into the
 package.
 
@@ -36,11 +37,24 @@ REAL = [
 ]
 
 
+SHIPPED_SYNTHETIC = (
+    (100, (2.0, 1.0, 1.0), (4.0, 7.0)),
+    (101, (1.0, 1.0, 1.0), (3.0, 5.0)),
+    (102, (3.0, 1.0, 1.0), (5.0, 9.0)),
+)
+"""The three synthetic volumes of the shipped model's recipe (seed, voxel µm, radii µm)."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--synthetic", type=int, default=32, help="synthetic training volumes")
+    ap.add_argument(
+        "--regimes",
+        type=int,
+        default=0,
+        help="synthetic volumes drawn across imaging regimes (0: the shipped model's three)",
+    )
     ap.add_argument("--config", default=str(ROOT / "configs" / "default_model.yaml"))
     ap.add_argument(
         "--no-export", action="store_true", help="train only; leave the shipped model as it is"
@@ -69,7 +83,7 @@ def main() -> None:
     synth_dir.mkdir(parents=True, exist_ok=True)
     synthetic = []
     rng = np.random.default_rng(TRAINING_SEED_BASE)
-    for i in range(args.synthetic):
+    for i in range(args.regimes):
         seed = TRAINING_SEED_BASE + i
         settings = random_regime(rng)
         v = make_nuclei_volume(seed=seed, **settings)
@@ -84,6 +98,14 @@ def main() -> None:
                 f"{settings['photons']:.0f} photons",
             )
         )
+    fixed = [] if args.regimes else SHIPPED_SYNTHETIC
+    for seed, vs, radius in fixed:
+        v = make_nuclei_volume(
+            (64, 128, 128), seed=seed, voxel_size=vs, radius_um=radius, n_artifacts=2
+        )
+        path = synth_dir / f"synthetic_{seed}.tif"
+        tifffile.imwrite(path, v.image)
+        synthetic.append((path, f"synthetic seed {seed}, voxel {vs} µm, radii {radius} µm"))
     images = [SHARED / r for r, _ in REAL] + [p for p, _ in synthetic]
     cfg = load_config(args.config)
     overrides = {"device": args.device}
@@ -123,20 +145,23 @@ def main() -> None:
 
 A compact 3D W-Net (encoder and decoder U-Nets, width 8, depth 3, K=2,
 {n_params:,} parameters)
-trained without labels by `scripts/train_default_model.py` with `configs/default_model.yaml`.
+trained without labels by `scripts/train_default_model.py` with `{Path(args.config).name}`.
 
 ## Recipe
-- Normalization: `{cfg.data.normalization}` (each image's dark and bright classes mapped to
-  fixed levels; see cellcut.normalize).
+- Normalization: `{cfg.data.normalization}` (see cellcut.normalize).
 - Loss: soft N-cut (σ_I {run.intensity_sigma:.3g}, chosen by `suggest_intensity_sigma`; σ_X
   {cfg.loss.spatial_sigma:g} voxels) × {cfg.loss.ncut_weight:g} + {cfg.loss.reconstruction.upper()}
   reconstruction × {cfg.loss.rec_weight:g} + class-intensity term × {cfg.loss.intensity_weight:g}
   on the image smoothed by σ {cfg.loss.intensity_smoothing:g} voxels (cellcut.losses.intensity).
 - AdamW lr {cfg.optimizer.lr:g}, {cfg.schedule.kind} schedule, {cfg.data.patch_size[0]}³
-  patches, batch {cfg.data.batch_size}; flips, 90° rotations; on the network's input only:
-  gamma exp(±{cfg.augment.gamma:g}), contrast ±{cfg.augment.intensity_scale:g}, shift
-  ±{cfg.augment.intensity_shift:g}, blur up to σ {cfg.augment.blur:g}, Gaussian noise up to
-  {cfg.augment.noise * 100:g} units (the losses see the unaltered patch).
+  patches, batch {cfg.data.batch_size}; flips, 90° rotations; gamma exp(±{cfg.augment.gamma:g}),
+  contrast ±{cfg.augment.intensity_scale:g}, shift ±{cfg.augment.intensity_shift:g}, blur up to
+  σ {cfg.augment.blur:g}, Gaussian noise {cfg.augment.noise * 100:g} units
+  ({
+        "on the network's input only: the losses see the unaltered patch"
+        if cfg.augment.input_only
+        else "on the patch the losses also see"
+    }).
 - {run.step} steps in {last.get("elapsed_s", 0) / 60:.1f} minutes ({run.stopped_by}) on
   {machine} ({torch.get_num_threads()} threads, torch {torch.__version__}).
 - Final training losses: N-cut {last.get("ncut", float("nan")):.4f}, reconstruction
