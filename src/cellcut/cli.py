@@ -305,7 +305,7 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if result.summary.get("median_object_radius") is not None:
         print(
-            f"spot sigma:  {result.summary['spot_sigma']:.3g} (auto: half the typical object "
+            f"spot sigma:  {result.summary['spot_sigma']:.3g} (auto: half the median object "
             f"radius, {result.summary['median_object_radius']:.3g})"
         )
     print(f"labels:      {result.labels_path}")

@@ -255,7 +255,7 @@ class SegmentOptions(_Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     spot_sigma: float | Literal["auto"] = Field(
         "auto",
-        description="Voronoi-Otsu seed blur, µm, or 'auto' (half the typical nucleus radius)",
+        description="Voronoi-Otsu seed blur, µm, or 'auto' (half the median nucleus radius)",
     )
     outline_sigma: float = Field(1.0, gt=0, description="Voronoi-Otsu mask blur, µm")
     min_distance: float = Field(2.0, gt=0, description="watershed seed distance, µm")

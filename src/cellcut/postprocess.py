@@ -15,10 +15,9 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
     Connected components of the mask (26-connectivity).
 
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
-radius: the median, over the mask's connected components that are not specks (a tenth of the
-typical component's size or more), of the largest inscribed sphere's radius (the maximum of the
-physical distance transform; touching nuclei merged in the mask still give one nucleus'
-radius, and the many small specks of a noisy mask do not count). A fixed blur suits only one
+radius: the median, over the mask's connected components of at least 8 voxels, of the largest
+inscribed sphere's radius (the maximum of the physical distance transform; touching nuclei
+merged in the mask still give one nucleus' radius). A fixed blur suits only one
 size: too small splits large nuclei into fragments, too large merges small neighbours (the
 README has the measured figures).
 
@@ -117,12 +116,17 @@ def typical_radius(radii: np.ndarray, sizes: np.ndarray) -> float | None:
 
 
 def auto_spot_sigma(
-    radii: np.ndarray, sizes: np.ndarray, voxel_size: Sequence[float] | None = None
+    radii: np.ndarray, voxel_size: Sequence[float] | None = None
 ) -> tuple[float, float | None]:
-    """(spot sigma, typical radius) from :func:`object_radii`; the default when none."""
-    radius = typical_radius(radii, sizes)
-    if radius is None:
+    """(spot sigma, median radius) from :func:`object_radii`'s radii; the default when none.
+
+    The plain median over components (of at least 8 voxels): on the regime suite, leaving out
+    specks relative to the typical component (:func:`typical_radius`) favoured merged clusters
+    and cost classical Voronoi-Otsu 0.64 -> 0.15 F1 on packed nuclei.
+    """
+    if len(radii) == 0:
         return DEFAULT_SPOT_SIGMA, None
+    radius = float(np.median(radii))
     floor = 0.5 * min(voxel_size) if voxel_size else 0.5
     return max(SPOT_RADIUS_FRACTION * radius, floor), radius
 
@@ -141,7 +145,7 @@ def voronoi_otsu(
     outline = ndi.gaussian_filter(img, sigma_voxels(outline_sigma, voxel_size))
     mask = outline > threshold(outline, probability)
     if spot_sigma == "auto":
-        spot_sigma, _ = auto_spot_sigma(*object_radii(mask, voxel_size), voxel_size)
+        spot_sigma, _ = auto_spot_sigma(object_radii(mask, voxel_size)[0], voxel_size)
     spots = ndi.gaussian_filter(img, sigma_voxels(spot_sigma, voxel_size))
     markers = _local_maxima(spots, mask, [1, 1, 1])
     return watershed(-spots, markers, mask=mask).astype(np.int32)

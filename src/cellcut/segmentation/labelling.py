@@ -69,14 +69,12 @@ def estimate_spot_sigma(
     shape = tuple(int(s) for s in probability.shape)
     windows = list(tiles(shape, [min(window, s) for s in shape]))
     picks = np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).round().astype(int)
-    radii, sizes = [], []
+    radii = []
     for region in [windows[i] for i in sorted(set(picks.tolist()))]:
         prob = np.asarray(probability[region], dtype=np.float32)
         mask = ndi.gaussian_filter(prob, sigma_voxels(outline_sigma, voxel_size)) > 0.5
-        r, n = object_radii(mask, voxel_size, open_faces=inner_faces(region, shape))
-        radii.append(r)
-        sizes.append(n)
-    return auto_spot_sigma(np.concatenate(radii), np.concatenate(sizes), voxel_size)
+        radii.append(object_radii(mask, voxel_size, open_faces=inner_faces(region, shape))[0])
+    return auto_spot_sigma(np.concatenate(radii), voxel_size)
 
 
 def label_blocks(
