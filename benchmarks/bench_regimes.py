@@ -202,31 +202,16 @@ def plot(rows: dict, path: Path) -> None:
 def reference_case(minutes: float, path: Path, folder: Path) -> dict:
     """In the reference's venv: its training loop (its worker's defaults, as in
     bench_train_embryo.py) on one volume, then its sliding-window class probabilities."""
-    import anchor_import as ref
     import numpy as np
     import tifffile
-    import torch
-    from monai.inferers import sliding_window_inference
 
-    from bench_train_embryo import pad_to_patch, reference_loop
+    from bench_train_embryo import pad_to_patch, reference_loop, reference_probabilities
 
     v = tifffile.imread(path).astype(np.float32)
     model, log = reference_loop([pad_to_patch(v)], minutes, lambda *_: None)
     step = len(log)
     model.eval()
-    with torch.no_grad():
-        probs = sliding_window_inference(
-            ref.remap_image(torch.from_numpy(v))[None, None],
-            roi_size=[64, 64, 64],
-            sw_batch_size=1,
-            predictor=lambda x: model.forward_encoder(x),
-            overlap=0.25,
-            mode="gaussian",
-            sigma_scale=0.01,
-            progress=False,
-            padding_mode="reflect",
-        )
-    np.save(folder / "reference_probs.npy", probs[0].numpy())
+    np.save(folder / "reference_probs.npy", reference_probabilities(model, v))
     return {"steps": step}
 
 

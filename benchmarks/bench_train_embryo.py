@@ -119,28 +119,37 @@ def reference_segment(weights: Path, out: Path) -> None:
     import numpy as np
     import tifffile
     import torch
-    from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(harness.THREADS)
     model = ref.WNet(in_channels=1, out_channels=1, num_classes=2, dropout=0.65)
     model.load_state_dict(torch.load(weights, map_location="cpu"))
     model.eval()
     for (ip, _), n in zip(embryo_paths(), NAMES, strict=False):
-        v = torch.from_numpy(tifffile.imread(ip).astype(np.float32))
-        image = ref.remap_image(v)[None, None]
-        with torch.no_grad():
-            probs = sliding_window_inference(
-                image,
-                roi_size=[64, 64, 64],
-                sw_batch_size=1,
-                predictor=lambda x: model.forward_encoder(x),
-                overlap=0.25,
-                mode="gaussian",
-                sigma_scale=0.01,
-                progress=False,
-                padding_mode="reflect",
-            )
-        np.save(out / f"{weights.stem}_{n}.npy", probs[0].numpy())
+        probs = reference_probabilities(model, tifffile.imread(ip).astype(np.float32))
+        np.save(out / f"{weights.stem}_{n}.npy", probs)
+
+
+def reference_probabilities(model, volume):
+    """The reference's class probabilities (K, z, y, x) of a volume: its remapping and MONAI's
+    sliding window with its settings."""
+    import anchor_import as ref
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    image = ref.remap_image(torch.from_numpy(volume))[None, None]
+    with torch.no_grad():
+        probs = sliding_window_inference(
+            image,
+            roi_size=[64, 64, 64],
+            sw_batch_size=1,
+            predictor=lambda x: model.forward_encoder(x),
+            overlap=0.25,
+            mode="gaussian",
+            sigma_scale=0.01,
+            progress=False,
+            padding_mode="reflect",
+        )
+    return probs[0].numpy()
 
 
 def score_probs(probs, image, labels) -> dict:
