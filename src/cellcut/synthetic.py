@@ -124,18 +124,16 @@ def make_nuclei_volume(
     fill
         Foreground fraction aimed at when ``n_nuclei`` is not given.
     min_gap
-        Closest allowed distance between two centres, as a fraction of the sum of their mean
-        radii: below 1 neighbours overlap (the overlap goes to the nucleus a voxel is deepest
-        in), which packs dense tissue.
+        Closest distance of two centres, in sums of their mean radii: below 1 they overlap
+        (a voxel goes to the nucleus it is deepest in), which packs dense tissue.
     illumination
         Amplitude of a smooth multiplicative illumination field on the nuclei (0: even; 0.5:
         some regions half as bright as others).
     saturated
         Fraction of voxels that read the detector's maximum (hot pixels, saturated spots).
     tissue
-        Brightness of a large, dim, smooth body (cytoplasm, an embryo, autofluorescent tissue)
-        that fills the middle of the volume, as a fraction of the brightest nuclei's level; it
-        is background for the ground truth.
+        Level of a dim body (cytoplasm, embryo, tissue) in the middle of the volume, as a
+        fraction of the brightest nuclei's; background for the ground truth.
 
     Returns
     -------
@@ -151,12 +149,9 @@ def make_nuclei_volume(
     labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
 
     signal *= 1.0 + texture * _grain(rng, shape, vs) * (labels > 0)
-    if tissue:
-        signal += tissue * brightness[1] * _body(rng, shape) * (labels == 0)
-    artifacts = _artifacts(rng, shape, vs, n_artifacts)
-    signal[artifacts] = 3.0
-    if illumination:
-        signal *= np.clip(1.0 + illumination * _smooth_field(rng, shape), 0.05, None)
+    artifacts = _surroundings(
+        rng, signal, labels, vs, tissue * brightness[1], n_artifacts, illumination
+    )
     image = _image(rng, signal, vs, psf_sigma_um, background, background_gradient, photons)
     image = _detector(rng, image, read_noise, saturated, dtype)
     return SyntheticVolume(
@@ -181,6 +176,19 @@ def _grain(rng, shape, vs) -> np.ndarray:
     """Chromatin-like texture: smoothed white noise of unit standard deviation."""
     grain = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.0 / vs * 0.8)
     return grain / (grain.std() + 1e-12)
+
+
+def _surroundings(rng, signal, labels, vs, tissue_level, n_artifacts, illumination) -> np.ndarray:
+    """In place on ``signal``: a dim tissue body, bright artifacts, uneven illumination; returns
+    the artifacts' mask."""
+    shape = signal.shape
+    if tissue_level:
+        signal += tissue_level * _body(rng, shape) * (labels == 0)
+    artifacts = _artifacts(rng, shape, vs, n_artifacts)
+    signal[artifacts] = 3.0
+    if illumination:
+        signal *= np.clip(1.0 + illumination * _smooth_field(rng, shape), 0.05, None)
+    return artifacts
 
 
 def _body(rng, shape) -> np.ndarray:
