@@ -30,6 +30,7 @@ from pydantic import (
 
 from cellcut.errors import CellcutError, ConfigError
 from cellcut.io import atomic_output
+from cellcut.normalize import METHODS as NORMALIZATIONS
 from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS
 
 if sys.version_info >= (3, 11):
@@ -121,7 +122,7 @@ class DataConfig(_Section):
 
     patch_size: tuple[int, int, int] = (64, 64, 64)
     batch_size: int = Field(1, ge=1, le=256)
-    normalization: Literal["remap", "percentile", "classes", "none"] = "percentile"
+    normalization: Literal[NORMALIZATIONS] = "percentile"  # type: ignore[valid-type]
     foreground_bias: float = Field(
         0.0, ge=0, le=1, description="share of patches centred on a bright voxel"
     )

@@ -18,14 +18,14 @@ applied to any window, so sliding-window inference sees the same mapping everywh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from cellcut.errors import VolumeError
 
 Method = Literal["remap", "percentile", "classes", "none"]
-METHODS: tuple[str, ...] = ("remap", "percentile", "classes", "none")
+METHODS: tuple[str, ...] = get_args(Method)
 SCALE = 100.0
 CLASS_LEVELS = (10.0, 60.0)
 """Where ``"classes"`` puts the medians of the dark and bright classes."""

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cellcut.normalize import METHODS
+
 EXPLODED = "exploded"
 COLLAPSED = "collapsed"
 CLASSES_ADOPTED = "classes_adopted"
 UNSTABLE = "unstable"
 POOR_RECONSTRUCTION = "poor_reconstruction"
 PLATEAU = "plateau"
-NORMALIZATIONS = ("classes", "percentile", "remap")
+NORMALIZATIONS = tuple(m for m in METHODS if m != "none")  # "none" needs an explicit σ_I
 COLLAPSE_SHARE = 0.999
 """A batch whose most probable class holds this share of the probability mass is one class."""
 COLLAPSE_STEPS = 20
