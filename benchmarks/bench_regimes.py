@@ -7,7 +7,8 @@ generated at scoring seeds (below 1000; the shipped model trains on seeds from 1
 parameter draws), plus the real embryo volumes of ../shared/data where present. Per volume:
 
 - ``voronoi-otsu`` and ``watershed``: the classical methods on the raw image, automatic
-  parameters (cellcut.postprocess with Otsu's threshold);
+  parameters (cellcut.postprocess with Otsu's threshold; the seed distance and speck floor
+  from the image's fingerprint, as cellcut's own instance step gets them);
 - ``zero-shot``: ``cellcut.segment`` with the shipped model and the default settings;
 - ``fine-tune``: ``cellcut train --from-pretrained default`` on the volume for ``--minutes``,
   then segment;
@@ -68,11 +69,22 @@ def score(truth, labels) -> dict:
 
 
 def classical(image, truth, voxel_size, method: str) -> dict:
+    """A classical method on the raw image, with the automatic settings cellcut's own instance
+    step gets from the image's fingerprint (seed distance, speck floor)."""
     import numpy as np
 
+    from cellcut.fingerprint import measure
     from cellcut.postprocess import instances
 
-    labels = instances(image.astype(np.float32), method, voxel_size=voxel_size, probability=False)
+    fp = measure(image, voxel_size)
+    labels = instances(
+        image.astype(np.float32),
+        method,
+        voxel_size=voxel_size,
+        probability=False,
+        min_distance=fp.seed_distance(),
+        min_volume=fp.speck_volume(),
+    )
     return score(truth, labels)
 
 
@@ -104,7 +116,8 @@ def cellcut_side(side, image, truth, voxel_size, folder: Path, minutes: float, m
         use = str(run.checkpoint)
         info = {"steps": run.step, "diagnoses": [d.kind for d in run.diagnoses]}
     result = segment(image, None, model=use, voxel_size=voxel_size, device="cpu")
-    return {**score(truth, result.labels), **info}
+    chosen = result.summary.get("instances_chosen")
+    return {**score(truth, result.labels), **info, **({"chosen": chosen} if chosen else {})}
 
 
 def reference_side(image, truth, voxel_size, folder: Path, minutes: float) -> dict:

@@ -244,7 +244,7 @@ class SegmentOptions(_Section):
     channel: int | None = Field(None, ge=0, description="channel of a multichannel file")
     time: int | None = Field(None, ge=0, description="time point of a time series")
     instances: Literal[INSTANCE_CHOICES] = Field(  # type: ignore[valid-type]
-        "voronoi-otsu", description="how the foreground becomes one id per nucleus"
+        "auto", description="how the foreground becomes one id per nucleus"
     )
     window: int | tuple[int, int, int] = Field(64, description="sliding window, voxels")
     overlap: float = Field(0.25, ge=0, lt=1, description="overlap of windows, fraction")
@@ -259,7 +259,17 @@ class SegmentOptions(_Section):
         description="Voronoi-Otsu seed blur, µm, or 'auto' (half the median nucleus radius)",
     )
     outline_sigma: float = Field(1.0, gt=0, description="Voronoi-Otsu mask blur, µm")
-    min_distance: float = Field(2.0, gt=0, description="watershed seed distance, µm")
+    min_distance: float | Literal["auto"] = Field(
+        "auto",
+        description="watershed seed distance, µm; 'auto': half the image's typical nucleus radius",
+    )
+    denoise: float | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Gaussian blur of the image before the model, µm; 'auto': a sixth of the typical "
+            "nucleus radius on grainy images (contrast-to-noise under 3), else none; 0: off"
+        ),
+    )
     min_volume: float | Literal["auto"] = Field(
         "auto",
         description=(
@@ -286,6 +296,24 @@ class SegmentOptions(_Section):
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             return float(value)
         raise ValueError(f"spot_sigma must be a positive number or 'auto', got {value!r}")
+
+    @field_validator("min_distance", mode="before")
+    @classmethod
+    def _min_distance(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        raise ValueError(f"min_distance must be a positive number or 'auto', got {value!r}")
+
+    @field_validator("denoise", mode="before")
+    @classmethod
+    def _denoise(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        raise ValueError(f"denoise must be a number >= 0 or 'auto', got {value!r}")
 
     @field_validator("min_volume", mode="before")
     @classmethod

@@ -34,6 +34,14 @@ WINDOW = 96
 MAX_WINDOWS = 4
 SPECK_RADIUS_FRACTION = 1 / 3
 """An object smaller than a sphere of this share of the typical radius is a speck."""
+SEED_DISTANCE_FRACTION = 0.5
+"""Watershed seeds at least this share of the typical radius apart (``min_distance="auto"``)."""
+GRAINY_CONTRAST = 3.0
+DENOISE_RADIUS_FRACTION = 1 / 6
+"""``denoise="auto"``: below this contrast-to-noise ratio, the image is blurred by a Gaussian of
+this share of the typical radius before the model sees it."""
+DEFAULT_SEED_DISTANCE = 2.0
+"""µm (voxels without a voxel size), when no typical radius could be measured."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,20 @@ class Fingerprint:
         if self.object_radius is None:
             return 0.0
         return 4 / 3 * math.pi * (SPECK_RADIUS_FRACTION * self.object_radius) ** 3
+
+    def seed_distance(self) -> float:
+        """Watershed's ``min_distance="auto"``: :data:`SEED_DISTANCE_FRACTION` of the typical
+        radius (:data:`DEFAULT_SEED_DISTANCE` when unknown)."""
+        if self.object_radius is None:
+            return DEFAULT_SEED_DISTANCE
+        return SEED_DISTANCE_FRACTION * self.object_radius
+
+    def denoise_sigma(self) -> float:
+        """``denoise="auto"``: a Gaussian σ (µm, voxels without a voxel size) for grainy images
+        (contrast-to-noise under :data:`GRAINY_CONTRAST`), else 0."""
+        if self.object_radius is None or self.contrast_to_noise >= GRAINY_CONTRAST:
+            return 0.0
+        return DENOISE_RADIUS_FRACTION * self.object_radius
 
 
 def _windows(shape: Sequence[int], size: int, n: int) -> list[tuple[slice, ...]]:

@@ -17,6 +17,7 @@ applied to any window, so sliding-window inference sees the same mapping everywh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -61,15 +62,23 @@ class Normalization:
         return (self.low, self.high) if self.method == "none" else (0.0, SCALE)
 
 
-def _sample(data: Any, max_voxels: int, seed: int = 0, smooth: float = 0.0) -> np.ndarray:
+def _sample(
+    data: Any,
+    max_voxels: int,
+    seed: int = 0,
+    smooth: float = 0.0,
+    blur: Sequence[float] | None = None,
+) -> np.ndarray:
     """All voxels of a small volume, or a random-block sample of a large one: a new float32
     array (the caller may reorder it), filled in place so that no second copy is held.
-    ``smooth`` > 0 blurs each block (Gaussian, voxels) before its values are taken."""
+    ``blur`` (Gaussian σ per axis, voxels), then ``smooth`` > 0 (:func:`_denoise`), are applied
+    to each block before its values are taken."""
     shape = tuple(int(s) for s in data.shape)
     n = int(np.prod(shape))
     if n <= max_voxels:
         values = np.empty(shape, dtype=np.float32)
         values[...] = data[...]
+        _blur(values, blur)
         if smooth:
             _denoise(values, smooth)
         return values.ravel()
@@ -83,9 +92,18 @@ def _sample(data: Any, max_voxels: int, seed: int = 0, smooth: float = 0.0) -> n
         idx = tuple(slice(a, a + b) for a, b in zip(start, block, strict=True))
         piece = values[i * size : (i + 1) * size].reshape(block)
         piece[...] = data[idx]
+        _blur(piece, blur)
         if smooth:
             _denoise(piece, smooth)
     return values
+
+
+def _blur(block: np.ndarray, sigma: Sequence[float] | None) -> None:
+    """In place: a Gaussian of ``sigma`` (voxels per axis), if any."""
+    if sigma is not None and any(s > 0 for s in sigma):
+        from scipy import ndimage as ndi
+
+        block[...] = ndi.gaussian_filter(block, sigma, mode="reflect")
 
 
 def _denoise(block: np.ndarray, sigma: float) -> None:
@@ -103,6 +121,7 @@ def fit_normalization(
     percentiles: tuple[float, float] = (1.0, 99.9),
     max_voxels: int = 4_000_000,
     source: str = "input",
+    blur: Sequence[float] | None = None,
 ) -> Normalization:
     """Compute the normalization of a whole volume once.
 
@@ -119,6 +138,10 @@ def fit_normalization(
         Above this many voxels the statistics come from a sample of blocks.
     source
         Name of the data for error messages.
+    blur
+        Gaussian σ per axis (voxels) of the image the model will see (segmentation's
+        ``denoise``): the statistics are then those of the blurred image (exact for a volume
+        under ``max_voxels``, per sampled block above).
 
     Raises
     ------
@@ -129,7 +152,8 @@ def fit_normalization(
         raise VolumeError(
             "invalid normalization", f"unknown method {method!r}", f"use one of {METHODS}"
         )
-    values = _sample(data, max_voxels, smooth=SMOOTH_SIGMA if method == "classes" else 0.0)
+    smooth = SMOOTH_SIGMA if method == "classes" else 0.0
+    values = _sample(data, max_voxels, smooth=smooth, blur=blur)
     if not np.isfinite(values).all():
         raise VolumeError(
             "invalid values",

@@ -13,6 +13,13 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
     apart as seeds, watershed of the negated distance.
 ``connected``
     Connected components of the mask (26-connectivity).
+``auto``
+    Both ``voronoi-otsu`` and ``watershed``, keeping the labelling whose object volumes agree
+    best (the smaller median absolute deviation of log-volume, after the size filter): nuclei
+    of one image have similar sizes, and both failures widen the spread, Voronoi-Otsu's by
+    merging touching nuclei into clusters, the distance watershed's by cutting elongated or
+    irregular nuclei into fragments. Ties keep Voronoi-Otsu. (:func:`choose_instances` says
+    which; the README has the figures.)
 
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
 radius: the median, over the mask's connected components of at least 8 voxels, of the largest
@@ -28,12 +35,12 @@ removed and the labels renumbered 1..n.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy import ndimage as ndi
 
-Method = Literal["voronoi-otsu", "watershed", "connected"]
+Method = Literal["auto", "voronoi-otsu", "watershed", "connected"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 
@@ -225,7 +232,7 @@ def instances(
     image
         (z, y, x) foreground probability in [0, 1], or intensities.
     method
-        ``"voronoi-otsu"``, ``"watershed"`` or ``"connected"``.
+        ``"auto"``, ``"voronoi-otsu"``, ``"watershed"`` or ``"connected"`` (module docstring).
     voxel_size
         (z, y, x) in µm; sigmas, distances and volumes are then physical.
     probability
@@ -243,6 +250,17 @@ def instances(
     img = np.asarray(image)
     if img.ndim != 3:
         raise ValueError(f"expected a (z, y, x) volume, got shape {img.shape}")
+    if method == "auto":
+        return choose_instances(
+            img,
+            voxel_size=voxel_size,
+            probability=probability,
+            spot_sigma=spot_sigma,
+            outline_sigma=outline_sigma,
+            min_distance=min_distance,
+            min_volume=min_volume,
+            max_volume=max_volume,
+        )[0]
     if method == "voronoi-otsu":
         labels = voronoi_otsu(img, spot_sigma, outline_sigma, voxel_size, probability)
     else:
@@ -252,3 +270,30 @@ def instances(
         else:
             labels = connected_components(mask)
     return filter_sizes(labels, min_volume, max_volume, voxel_size, in_place=True)
+
+
+AUTO_CANDIDATES = ("voronoi-otsu", "watershed")
+"""The methods ``auto`` chooses between, the first winning ties."""
+
+
+def size_spread(labels: np.ndarray) -> float:
+    """Median absolute deviation of the objects' log-volumes (inf with fewer than 2 objects)."""
+    sizes = np.bincount(np.asarray(labels).ravel())[1:]
+    sizes = sizes[sizes > 0]
+    if len(sizes) < 2:
+        return float("inf")
+    logs = np.log(sizes.astype(np.float64))
+    return float(np.median(np.abs(logs - np.median(logs))))
+
+
+def choose_instances(image: np.ndarray, **options: Any) -> tuple[np.ndarray, str]:
+    """``method="auto"``: (labels, the method chosen) among :data:`AUTO_CANDIDATES`, by the
+    smaller :func:`size_spread`; ``options`` are those of :func:`instances`."""
+    best: tuple[float, np.ndarray, str] | None = None
+    for name in AUTO_CANDIDATES:
+        labels = instances(image, name, **options)
+        spread = size_spread(labels)
+        if best is None or spread < best[0]:
+            best = (spread, labels, name)
+    assert best is not None
+    return best[1], best[2]

@@ -11,6 +11,7 @@ import tifffile
 
 from cellcut.cli import main
 from cellcut.errors import CheckpointError, ConfigError, VolumeError
+from cellcut.io import Volume
 from cellcut.metrics import match_instances
 from cellcut.model import load_model
 from cellcut.segmentation import cell_statistics, label_blocks, segment
@@ -73,7 +74,8 @@ def test_segment_writes_labels_stats_and_overview(tmp_path, trained):
     assert summary["cells"] == result.n_cells and summary["units"] == "µm"
     np.testing.assert_array_equal(result.labels, labels)
     # the automatic seed blur is measured once and said; a fixed one is used as given
-    assert summary["spot_sigma"] > 0 and summary["instances"] == "voronoi-otsu"
+    assert summary["spot_sigma"] > 0 and summary["instances"] == "auto"
+    assert sum(summary["instances_chosen"].values()) >= 1 and summary["min_distance"] > 0
     if summary["median_object_radius"] is not None:
         assert summary["spot_sigma"] == pytest.approx(
             max(0.5 * summary["median_object_radius"], 0.5)
@@ -190,3 +192,21 @@ def test_out_of_core_outputs_match_in_memory(tmp_path, trained, suffix):
     np.testing.assert_allclose(
         read_volume(tmp_path / f"prob.{suffix}").numpy(), ref.probability, atol=1e-6
     )
+
+
+def test_denoise_blockwise_equals_blurring_the_whole_volume(trained):
+    from scipy import ndimage as ndi
+
+    from cellcut.io import read_volume
+    from cellcut.postprocess import sigma_voxels
+
+    model, folder = trained
+    vol = read_volume(folder / "img.tif")
+    blurred = ndi.gaussian_filter(vol.numpy().astype(np.float32), sigma_voxels(1.5, vol.voxel_size))
+    settings = dict(model=model, window=32, block=16, voxel_size=vol.voxel_size)
+    ours = segment(vol, None, denoise=1.5, **settings)
+    whole = segment(Volume(blurred, vol.voxel_size, "blurred"), None, denoise=0, **settings)
+    plain = segment(vol, None, denoise=0, **settings)
+    np.testing.assert_allclose(ours.probability, whole.probability, atol=1e-5)
+    assert np.abs(ours.probability - plain.probability).max() > 0.01  # the blur took effect
+    assert ours.summary["denoise"] == 1.5 and plain.summary["denoise"] == 0.0

@@ -51,3 +51,51 @@ def test_typical_radius_leaves_out_specks():
     sizes = np.array([1.0] * 40 + [900.0, 1400.0])
     assert typical_radius(radii, sizes) == 6.5
     assert typical_radius(np.zeros(0), np.zeros(0)) is None
+
+
+def _pairs_scene(seed=0):
+    """Balls of radius 4.5-5.5 voxels; most sites hold two overlapping ones (centres 6.5
+    apart), which a blur-based split merges. Returns (probability, true count)."""
+    rng = np.random.default_rng(seed)
+    shape = (24, 96, 96)
+    mask, n = np.zeros(shape, bool), 0
+    for y in (14, 40, 66):
+        for x in (12, 44, 76):
+            r = rng.uniform(4.5, 5.5)
+            mask |= ball(shape, (12, y, x), r)
+            n += 1
+            if rng.random() < 0.6:
+                mask |= ball(shape, (12, y, x + 6.5), r)
+                n += 1
+    return mask.astype(np.float32), n
+
+
+def test_size_spread_is_the_mad_of_log_volumes():
+    from cellcut.postprocess import size_spread
+
+    labels = np.repeat(np.arange(5), [7, 10, 20, 40, 80])  # background 7, objects 1..4
+    logs = np.log([10, 20, 40, 80])
+    assert size_spread(labels) == pytest.approx(np.median(np.abs(logs - np.median(logs))))
+    assert size_spread(np.zeros(10, int)) == float("inf")
+    assert size_spread(np.array([0, 1, 1])) == float("inf")
+
+
+def test_auto_instances_keep_the_labelling_whose_sizes_agree():
+    from cellcut.postprocess import choose_instances, instances, size_spread
+
+    prob, truth = _pairs_scene()
+    candidates = {m: instances(prob, m, min_distance=2.5) for m in ("voronoi-otsu", "watershed")}
+    assert candidates["voronoi-otsu"].max() < truth  # merged pairs: the spread widens
+    labels, chosen = choose_instances(prob, min_distance=2.5)
+    assert chosen == min(candidates, key=lambda m: size_spread(candidates[m])) == "watershed"
+    assert labels.max() == truth
+    np.testing.assert_array_equal(instances(prob, "auto", min_distance=2.5), labels)
+
+
+def test_auto_instances_prefer_voronoi_otsu_on_a_tie():
+    from cellcut.postprocess import choose_instances
+
+    shape = (24, 48, 48)
+    prob = (ball(shape, (12, 12, 12), 5) | ball(shape, (12, 34, 34), 5)).astype(np.float32)
+    labels, chosen = choose_instances(prob)
+    assert chosen == "voronoi-otsu" and labels.max() == 2

@@ -79,3 +79,25 @@ def test_segment_reports_the_self_check(tmp_path):
     )  # fmt: skip
     assert result.warnings and result.summary["warnings"] == result.warnings
     assert result.summary["fingerprint"]["foreground_fraction"] > 0.05
+
+
+def test_fingerprint_settings_follow_contrast_and_radius():
+    from cellcut.fingerprint import DEFAULT_SEED_DISTANCE, Fingerprint
+
+    grainy = Fingerprint(0.2, 1.2, 1.1, 0.0, "µm")
+    clean = Fingerprint(0.2, 1.2, 12.0, 0.0, "µm")
+    unknown = Fingerprint(0.0, None, 0.5, 0.0, "µm")
+    assert grainy.denoise_sigma() == pytest.approx(0.2)  # a sixth of the radius
+    assert clean.denoise_sigma() == 0.0 and unknown.denoise_sigma() == 0.0
+    assert grainy.seed_distance() == pytest.approx(0.6)
+    assert unknown.seed_distance() == DEFAULT_SEED_DISTANCE
+
+
+def test_grainy_regime_is_measured_grainy_and_a_clean_one_is_not():
+    from cellcut.fingerprint import GRAINY_CONTRAST, measure
+    from cellcut.synthetic import regime_volume
+
+    grainy = regime_volume("confocal-dense-grainy", 0)
+    clean = regime_volume("large-nuclei", 0)
+    assert measure(grainy.image, grainy.voxel_size).contrast_to_noise < GRAINY_CONTRAST
+    assert measure(clean.image, clean.voxel_size).contrast_to_noise > GRAINY_CONTRAST

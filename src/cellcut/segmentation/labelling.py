@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from cellcut.blocks import blocks, inner_faces, owned_objects, tiles
-from cellcut.postprocess import auto_spot_sigma, instances, object_radii, relabel, sigma_voxels
+from cellcut.postprocess import (
+    auto_spot_sigma,
+    choose_instances,
+    instances,
+    object_radii,
+    relabel,
+    sigma_voxels,
+)
 from cellcut.segmentation.statistics import centroids, label_moments
 
 Progress = Any  # Callable[[str, int, int], None]
@@ -33,12 +40,14 @@ SPOT_SIGMA_MAX_WINDOWS = 8
 
 @dataclass
 class Labelling:
-    """What block-wise labelling made: the object count and the seed blur it used."""
+    """What block-wise labelling made: the object count and the settings it used."""
 
     n_objects: int
     spot_sigma: float | None = None
     median_radius: float | None = None
     min_volume: float = 0.0
+    min_distance: float | None = None
+    chosen: dict[str, int] = field(default_factory=dict)  # method "auto": blocks per method
 
 
 def instance_halo(
@@ -97,7 +106,7 @@ def label_blocks(
     """
     shape = tuple(int(s) for s in probability.shape)
     result = Labelling(0)
-    if method == "voronoi-otsu":
+    if method in ("voronoi-otsu", "auto"):
         if options.get("spot_sigma", "auto") == "auto":
             options["spot_sigma"], result.median_radius = estimate_spot_sigma(
                 probability, voxel_size, options.get("outline_sigma", 1.0)
@@ -107,7 +116,13 @@ def label_blocks(
     next_id = 1
     for i, blk in enumerate(grid):
         prob = np.asarray(probability[blk.outer], dtype=np.float32)
-        local = instances(prob, method, voxel_size=voxel_size, probability=True, **options)
+        if method == "auto":
+            local, chosen = choose_instances(
+                prob, voxel_size=voxel_size, probability=True, **options
+            )
+            result.chosen[chosen] = result.chosen.get(chosen, 0) + 1
+        else:
+            local = instances(prob, method, voxel_size=voxel_size, probability=True, **options)
         del prob
         n = int(local.max())
         if n:

@@ -39,6 +39,7 @@ from cellcut.io import (
 )
 from cellcut.model import LoadedModel
 from cellcut.normalize import fit_normalization
+from cellcut.postprocess import sigma_voxels
 from cellcut.runtime import release_free_memory, resolve_device
 from cellcut.segmentation.labelling import Labelling, instance_halo, label_blocks
 from cellcut.segmentation.predict import Progress, predict_probability, resolve_model
@@ -135,8 +136,12 @@ def segment(
     device = resolve_device(opts.device)
     loaded = resolve_model(model, device)
     with zarr_block_io():
-        norm = fit_normalization(vol.data, loaded.normalization, source=vol.source)
         fingerprint = measure(vol.data, voxel_size)
+        blur = _denoise_sigma(opts, fingerprint)
+        blur_voxels = sigma_voxels(blur, voxel_size) if blur > 0 else None
+        norm = fit_normalization(
+            vol.data, loaded.normalization, source=vol.source, blur=blur_voxels
+        )
     release_free_memory()
     nbytes = int(np.prod(vol.shape)) * 4
     in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES
@@ -153,6 +158,7 @@ def segment(
             batch_size=opts.batch_size,
             device=device,
             normalization=norm,
+            denoise=blur_voxels,
             progress=progress,
         )
         release_free_memory()
@@ -167,6 +173,7 @@ def segment(
             rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
             summary.update(_labelling_summary(opts, labelling))
             summary["fingerprint"] = fingerprint.to_dict()
+            summary["denoise"] = blur
             summary["warnings"] = _self_check(rows, vol.shape, voxel_size, fingerprint)
         result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
         result.n_cells = labelling.n_objects
@@ -222,6 +229,8 @@ def _label(
     options = opts.instance_options()
     if options["min_volume"] == "auto":
         options["min_volume"] = fingerprint.speck_volume()
+    if options["min_distance"] == "auto":
+        options["min_distance"] = fingerprint.seed_distance()
     labelling = label_blocks(
         prob,
         labels,
@@ -233,8 +242,15 @@ def _label(
         **options,
     )
     labelling.min_volume = float(options["min_volume"])
+    labelling.min_distance = float(options["min_distance"])
     release_free_memory()
     return labelling
+
+
+def _denoise_sigma(opts: SegmentOptions, fingerprint: Fingerprint) -> float:
+    """The pre-model blur, µm (voxels without a voxel size): ``denoise``, or from the
+    fingerprint when "auto"."""
+    return fingerprint.denoise_sigma() if opts.denoise == "auto" else float(opts.denoise)
 
 
 def _self_check(
@@ -249,7 +265,11 @@ def _self_check(
 
 def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, Any]:
     summary: dict[str, Any] = {"instances": opts.instances, "min_volume": labelling.min_volume}
-    if opts.instances == "voronoi-otsu":
+    if labelling.chosen:
+        summary["instances_chosen"] = dict(labelling.chosen)
+    if opts.instances in ("watershed", "auto"):
+        summary["min_distance"] = labelling.min_distance
+    if opts.instances in ("voronoi-otsu", "auto"):
         summary["spot_sigma"] = labelling.spot_sigma
         summary["median_object_radius"] = labelling.median_radius
     return summary

@@ -7,12 +7,14 @@ context as the inside; only the core is written.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from cellcut.blocks import blocks
 from cellcut.errors import CheckpointError
@@ -51,11 +53,18 @@ def predict_probability(
     batch_size: int = 2,
     device: str | torch.device = "cpu",
     normalization: Callable[[np.ndarray], np.ndarray] | None = None,
+    denoise: Sequence[float] | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Foreground probability of ``volume`` written into ``out`` (same shape, float32)."""
+    """Foreground probability of ``volume`` written into ``out`` (same shape, float32).
+
+    ``denoise``: (z, y, x) Gaussian σ in voxels applied to the image before normalization;
+    each block is blurred with a margin of 4 σ around it, so that it sees the same blurred
+    image as one-piece work.
+    """
     shape = tuple(int(s) for s in volume.shape)
     window = tuple(min(int(w), s) for w, s in zip(window, shape, strict=True))
+    blur = tuple(float(v) for v in denoise) if denoise and any(v > 0 for v in denoise) else None
     grid = blocks(shape, block, [w // 2 for w in window])
     scale = model.input_scale
     fg = list(model.foreground_classes)
@@ -65,7 +74,7 @@ def predict_probability(
         return foreground_probability(net.encode(batch / scale), fg)
 
     for i, blk in enumerate(grid):
-        data = np.asarray(volume[blk.outer], dtype=np.float32)
+        data = _read(volume, blk.outer, shape, blur)
         if normalization is not None:
             data = normalization(data)
         prob = sliding_window(
@@ -74,3 +83,22 @@ def predict_probability(
         out[blk.core] = prob[(0, *blk.inner)]
         if progress is not None:
             progress("probability", i + 1, len(grid))
+
+
+def _read(
+    volume: Any, region: tuple[slice, ...], shape: Sequence[int], blur: Sequence[float] | None
+) -> np.ndarray:
+    """``volume[region]`` as float32, blurred by ``blur`` (σ, voxels) as in the whole volume:
+    read with a margin of 4 σ (the filter's reach), blurred, cropped."""
+    if blur is None:
+        return np.asarray(volume[region], dtype=np.float32)
+    margin = [math.ceil(4 * s) + 1 for s in blur]
+    wide = tuple(
+        slice(max(0, r.start - m), min(n, r.stop + m))
+        for r, m, n in zip(region, margin, shape, strict=True)
+    )
+    data = np.asarray(volume[wide], dtype=np.float32)
+    data = ndi.gaussian_filter(data, blur, mode="reflect")
+    return data[
+        tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, wide, strict=True))
+    ]
