@@ -88,7 +88,9 @@ def classical(image, truth, voxel_size, method: str) -> dict:
     return score(truth, labels)
 
 
-def cellcut_side(side, image, truth, voxel_size, folder: Path, minutes: float, model: str):
+def cellcut_side(
+    side, image, truth, voxel_size, folder: Path, minutes: float, model: str, device: str = "cpu"
+):
     import tifffile
     import torch
 
@@ -111,11 +113,12 @@ def cellcut_side(side, image, truth, voxel_size, folder: Path, minutes: float, m
                 "data.voxel_size": list(voxel_size),
                 "log.progress": False,
                 "log.plots": False,
+                "device": device,
             },
         )
         use = str(run.checkpoint)
         info = {"steps": run.step, "diagnoses": [d.kind for d in run.diagnoses]}
-    result = segment(image, None, model=use, voxel_size=voxel_size, device="cpu")
+    result = segment(image, None, model=use, voxel_size=voxel_size, device=device)
     chosen = result.summary.get("instances_chosen")
     return {**score(truth, result.labels), **info, **({"chosen": chosen} if chosen else {})}
 
@@ -151,6 +154,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--model", default="default")
     ap.add_argument("--no-embryo", action="store_true")
+    ap.add_argument("--device", default="cpu", help="where cellcut trains and segments")
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
 
@@ -169,11 +173,21 @@ def main() -> None:
                     result = reference_side(image, truth, voxel_size, Path(tmp), args.minutes)
                 else:
                     result = cellcut_side(
-                        side, image, truth, voxel_size, Path(tmp), args.minutes, args.model
+                        side,
+                        image,
+                        truth,
+                        voxel_size,
+                        Path(tmp),
+                        args.minutes,
+                        args.model,
+                        args.device,
                     )
             rows[name][side] = result
             print(f"[{time.perf_counter() - t0:6.0f} s] {name} {side}: {result}", flush=True)
-        harness.write_json(args.out, {"minutes": args.minutes, "model": args.model, "rows": rows})
+        harness.write_json(
+            args.out,
+            {"minutes": args.minutes, "model": args.model, "device": args.device, "rows": rows},
+        )
     header = ["volume", *[f"{s} F1/Dice" for s in SIDES if any(s in r for r in rows.values())]]
     table = []
     for name, result in rows.items():

@@ -65,7 +65,10 @@ def main() -> None:
         help="do not train: export the finished run in --out (made with --no-export)",
     )
     ap.add_argument("--out", default=str(ROOT / "runs" / "default-model"))
+    ap.add_argument("--data", default=str(SHARED), help="the shared data folder")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = ap.parse_args()
+    shared = Path(args.data)
 
     import numpy as np
     import tifffile
@@ -76,9 +79,9 @@ def main() -> None:
     from cellcut.synthetic import TRAINING_SEED_BASE, make_nuclei_volume, random_regime
     from cellcut.training import train
 
-    missing = [r for r, _ in REAL if not (SHARED / r).exists()]
+    missing = [r for r, _ in REAL if not (shared / r).exists()]
     if missing:
-        raise SystemExit(f"needs ../shared/data; missing: {', '.join(missing)}")
+        raise SystemExit(f"needs {shared}; missing: {', '.join(missing)}")
     synth_dir = Path(args.out + "-synthetic")
     synth_dir.mkdir(parents=True, exist_ok=True)
     synthetic = []
@@ -106,12 +109,12 @@ def main() -> None:
         path = synth_dir / f"synthetic_{seed}.tif"
         tifffile.imwrite(path, v.image)
         synthetic.append((path, f"synthetic seed {seed}, voxel {vs} µm, radii {radius} µm"))
-    images = [SHARED / r for r, _ in REAL] + [p for p, _ in synthetic]
+    images = [shared / r for r, _ in REAL] + [p for p, _ in synthetic]
     cfg = load_config(args.config)
     overrides = {"device": args.device}
     if args.minutes is not None:
         overrides["stop.minutes"] = args.minutes
-    cfg = apply_overrides(cfg, overrides)
+    cfg = apply_overrides(apply_overrides(cfg, overrides), args.set)
     if args.export_only:
         from cellcut.model import Checkpoint, load_model
         from cellcut.training import TrainingRun

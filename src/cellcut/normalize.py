@@ -214,7 +214,10 @@ def estimate_noise(image: np.ndarray) -> float:
     deviation makes the estimate ignore edges.
     """
     diff = np.diff(np.asarray(image, dtype=np.float64), axis=-1).ravel()
-    mad = np.median(np.abs(diff - np.median(diff)))
+    # in place: on a 96³ window, one array of differences instead of five
+    centre = np.median(diff)
+    np.abs(np.subtract(diff, centre, out=diff), out=diff)
+    mad = np.median(diff, overwrite_input=True)
     return float(mad / 0.6745 / np.sqrt(2.0))
 
 

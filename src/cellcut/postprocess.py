@@ -68,6 +68,28 @@ def _local_maxima(
     return markers
 
 
+def distance_transform(mask: np.ndarray, sampling: Sequence[float] | None = None) -> np.ndarray:
+    """Euclidean distance of each voxel of ``mask`` to the nearest background voxel, float32,
+    in physical units with ``sampling``: scipy's transform, computed from its feature indices
+    one axis at a time (~20 bytes per voxel at the peak instead of scipy's ~60)."""
+    m = np.asarray(mask, dtype=bool)
+    spacing = tuple(sampling) if sampling is not None else (1.0,) * m.ndim
+    nearest = ndi.distance_transform_edt(
+        m, sampling=spacing, return_distances=False, return_indices=True
+    )
+    dist = np.zeros(m.shape, dtype=np.float32)
+    step = np.empty(m.shape, dtype=np.float32)
+    for axis, v in enumerate(spacing):
+        position = np.arange(m.shape[axis], dtype=np.float32).reshape(
+            [-1 if a == axis else 1 for a in range(m.ndim)]
+        )
+        np.subtract(nearest[axis], position, out=step, casting="unsafe")
+        step *= np.float32(v)
+        dist += step * step
+    del nearest, step
+    return np.sqrt(dist, out=dist)
+
+
 SPOT_RADIUS_FRACTION = 0.5  # spot sigma = this × the median inscribed radius
 DEFAULT_SPOT_SIGMA = 2.0  # µm, when there is nothing to measure
 
@@ -90,14 +112,21 @@ def object_radii(
     labels, n = ndi.label(m, structure=np.ones((3, 3, 3)))
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    index = np.arange(1, n + 1)
-    dist = ndi.distance_transform_edt(m, sampling=voxel_size)
-    radii = np.asarray(ndi.maximum(dist, labels, index), dtype=np.float64)
-    sizes = np.asarray(ndi.sum(m, labels, index), dtype=np.float64)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
     keep = sizes >= min_voxels
     for axis, end in open_faces:
         touching = np.unique(np.take(labels, end, axis=axis))
         keep[touching[touching > 0] - 1] = False
+    # the distance transform of each object in its bounding box, padded with background except
+    # at the array's faces: the same maxima as one transform of the whole mask (any voxel next
+    # to an object but outside it is background), at a fraction of the memory (scipy's
+    # transform holds ~50 bytes per voxel of its input)
+    radii = np.zeros(n)
+    for i, box in enumerate(ndi.find_objects(labels)):
+        if keep[i] and box is not None:
+            pad = [(int(b.start > 0), int(b.stop < s)) for b, s in zip(box, m.shape, strict=True)]
+            own = np.pad(labels[box] == i + 1, pad)
+            radii[i] = float(distance_transform(own, voxel_size).max())
     return radii[keep], sizes[keep]
 
 
@@ -168,7 +197,7 @@ def distance_watershed(
 
     m = np.asarray(mask).astype(bool)
     vs = voxel_size or (1.0, 1.0, 1.0)
-    dist = ndi.distance_transform_edt(m, sampling=vs).astype(np.float32)
+    dist = distance_transform(m, vs)
     dist = ndi.gaussian_filter(dist, sigma_voxels(0.5 * min(vs) + 0.5, voxel_size))
     radius = [max(1, round(min_distance / v)) for v in vs]
     markers = _local_maxima(dist, m, radius)

@@ -98,7 +98,10 @@ def _read(
         for r, m, n in zip(region, margin, shape, strict=True)
     )
     data = np.asarray(volume[wide], dtype=np.float32)
-    data = ndi.gaussian_filter(data, blur, mode="reflect")
-    return data[
-        tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, wide, strict=True))
-    ]
+    if not data.flags.owndata:  # a view of the caller's array: never blur that in place
+        data = data.copy()
+    ndi.gaussian_filter(data, blur, output=data, mode="reflect")
+    crop = tuple(
+        slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, wide, strict=True)
+    )
+    return np.ascontiguousarray(data[crop])  # a copy: the margin is freed before prediction
