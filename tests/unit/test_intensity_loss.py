@@ -72,3 +72,13 @@ def test_it_makes_the_true_mask_beat_a_positional_cut():
     combined_true = ncut(two(mask), image) + intensity(two(mask), image)
     combined_half = ncut(two(half), image) + intensity(two(half), image)
     assert combined_true < combined_half
+
+
+def test_centres_follow_the_batch_to_its_device():
+    # training on a GPU crashed here when the loss module stayed on the CPU (found on an H100):
+    # the "meta" device stands in for any device other than the centres'
+    loss = ClassIntensityLoss(np.array([10.0, 60.0])).eval()
+    probs = torch.softmax(torch.randn(1, 2, 4, 4, 4, device="meta"), 1)
+    image = torch.rand(1, 1, 4, 4, 4, device="meta")
+    out = loss(probs, image)
+    assert out.device.type == "meta" and loss.centres.device.type == "cpu"

@@ -85,7 +85,8 @@ class ClassIntensityLoss(nn.Module):
             raise ValueError(f"probs has {probs.shape[1]} classes, the centres {len(self.centres)}")
         if image.ndim == probs.ndim - 1:
             image = image.unsqueeze(1)
-        mu = self.centres.to(probs.dtype).view(1, -1, *([1] * (probs.ndim - 2)))
+        # the centres may live elsewhere than the batch (a loss not moved with the model)
+        mu = self.centres.to(probs.device, probs.dtype).view(1, -1, *([1] * (probs.ndim - 2)))
         x = image.detach().to(probs.dtype)
         if self.smoothing > 0:
             x = gaussian_blur(x, self.smoothing)
@@ -95,7 +96,8 @@ class ClassIntensityLoss(nn.Module):
                 dims = (0, *range(2, probs.ndim))
                 mass = probs.sum(dims).double()
                 means = (probs * x).sum(dims).double() / mass.clamp_min(1e-12)
-                update = mass > 1e-3 * probs[:, 0].numel()
+                update = (mass > 1e-3 * probs[:, 0].numel()).to(self.centres.device)
+                means = means.to(self.centres.device)
                 self.centres[update] += self.momentum * (means[update] - self.centres[update])
         return energy.flatten(1).mean(1).mean()
 
