@@ -66,6 +66,9 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(ROOT / "runs" / "default-model"))
     ap.add_argument("--data", default=str(SHARED), help="the shared data folder")
+    ap.add_argument(
+        "--from-pretrained", default=None, help="start from this model (default, or a path)"
+    )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = ap.parse_args()
     shared = Path(args.data)
@@ -132,7 +135,7 @@ def main() -> None:
             stopped_by=f"{cfg.stop.minutes:g} minutes",
         )
     else:
-        run = train(images, args.out, cfg, overwrite=True)
+        run = train(images, args.out, cfg, overwrite=True, from_pretrained=args.from_pretrained)
     if args.no_export:
         print(json.dumps({"checkpoint": str(run.checkpoint), "steps": run.step}, indent=1))
         return

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -117,6 +118,15 @@ class LossConfig(_Section):
         return self
 
 
+def _number_or_auto(value: Any, name: str | None, kind: str, ok: Any) -> Any:
+    """A setting that is "auto" or a number passing ``ok``, as float; else a ValueError."""
+    if value == "auto":
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and ok(value):
+        return float(value)
+    raise ValueError(f"{name} must be {kind} or 'auto', got {value!r}")
+
+
 class DataConfig(_Section):
     """Where patches come from."""
 
@@ -132,6 +142,19 @@ class DataConfig(_Section):
     val_patches: int = Field(4, ge=0, le=1000)
     voxel_size: tuple[float, float, float] | None = None
     channel: int | None = None
+    denoise: float | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Gaussian blur of each volume before training, µm; 'auto': as segmentation's "
+            "(a sixth of the typical nucleus radius on grainy volumes), so that a model trains "
+            "on what it will see; 0: off"
+        ),
+    )
+
+    @field_validator("denoise", mode="before")
+    @classmethod
+    def _denoise(cls, value: Any) -> Any:
+        return _number_or_auto(value, "denoise", "a number >= 0", lambda v: v >= 0)
 
     @model_validator(mode="after")
     def _patch(self) -> DataConfig:
@@ -288,41 +311,15 @@ class SegmentOptions(_Section):
 
         return None if value is None else check_voxel_size(value)
 
-    @field_validator("spot_sigma", mode="before")
+    @field_validator("spot_sigma", "min_distance", mode="before")
     @classmethod
-    def _spot_sigma(cls, value: Any) -> Any:
-        if value == "auto":
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-        raise ValueError(f"spot_sigma must be a positive number or 'auto', got {value!r}")
+    def _positive_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
+        return _number_or_auto(value, info.field_name, "a positive number", lambda v: v > 0)
 
-    @field_validator("min_distance", mode="before")
+    @field_validator("min_volume", "denoise", mode="before")
     @classmethod
-    def _min_distance(cls, value: Any) -> Any:
-        if value == "auto":
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-        raise ValueError(f"min_distance must be a positive number or 'auto', got {value!r}")
-
-    @field_validator("denoise", mode="before")
-    @classmethod
-    def _denoise(cls, value: Any) -> Any:
-        if value == "auto":
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-        raise ValueError(f"denoise must be a number >= 0 or 'auto', got {value!r}")
-
-    @field_validator("min_volume", mode="before")
-    @classmethod
-    def _min_volume(cls, value: Any) -> Any:
-        if value == "auto":
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-        raise ValueError(f"min_volume must be a number >= 0 or 'auto', got {value!r}")
+    def _non_negative_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
+        return _number_or_auto(value, info.field_name, "a number >= 0", lambda v: v >= 0)
 
     @field_validator("window", "block", "halo")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from cellcut.config import AugmentConfig, DataConfig
 from cellcut.training.data import PatchSampler, array_volume, validation_patches
@@ -53,3 +54,21 @@ def test_input_only_augmentation_changes_the_input_not_the_target():
     plain = AugmentConfig(intensity_scale=0.3)
     a, b = PatchSampler([vol], cfg.patch_size, plain, seed=3).pair(2)
     assert a is b
+
+
+def test_grainy_volumes_are_denoised_for_training_as_for_segmentation():
+    from cellcut.fingerprint import measure
+    from cellcut.postprocess import sigma_voxels
+    from cellcut.synthetic import regime_volume
+    from cellcut.training.data import denoised
+
+    grainy = regime_volume("confocal-dense-grainy", 0)
+    clean = regime_volume("large-nuclei", 0)
+    sigma = measure(grainy.image, grainy.voxel_size).denoise_sigma()
+    assert sigma > 0
+    expected = ndi.gaussian_filter(
+        grainy.image.astype(np.float32), sigma_voxels(sigma, grainy.voxel_size)
+    )
+    np.testing.assert_allclose(denoised(grainy.image, grainy.voxel_size, "auto"), expected)
+    assert denoised(clean.image, clean.voxel_size, "auto") is clean.image  # clean: untouched
+    assert denoised(grainy.image, grainy.voxel_size, 0.0) is grainy.image  # turned off

@@ -47,6 +47,9 @@ def test_instance_choices_come_from_postprocess():
         ("outline_sigma", -1.0, "outline_sigma: Input should be greater than 0"),
         ("min_volume", -5, "min_volume must be a number >= 0 or .auto., got -5"),
         ("spot_sigma", float("nan"), "spot_sigma must be a positive number or 'auto'"),
+        ("min_distance", 0, "min_distance must be a positive number or 'auto', got 0"),
+        ("denoise", -0.5, "denoise must be a number >= 0 or 'auto', got -0.5"),
+        ("denoise", "strong", "denoise must be a number >= 0 or 'auto'"),
         ("instances", "magic", "instances: Input should be"),
     ],
 )

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from cellcut.config import AugmentConfig, DataConfig
 from cellcut.errors import InputFileError, VolumeError
+from cellcut.fingerprint import measure
 from cellcut.io import (
     FORMATS,
     Volume,
@@ -30,6 +32,7 @@ from cellcut.io import (
     read_volume,
 )
 from cellcut.normalize import Normalization, fit_normalization
+from cellcut.postprocess import sigma_voxels
 
 
 @dataclass
@@ -121,7 +124,9 @@ Source = str | os.PathLike | np.ndarray | Volume
 def _prepare(
     data: np.ndarray, name: str, source: str, voxel_size, config: DataConfig
 ) -> TrainingVolume:
-    """Normalize a (z, y, x) array and find its regions and bright voxels."""
+    """Denoise (``config.denoise``) and normalize a (z, y, x) array and find its regions and
+    bright voxels."""
+    data = denoised(data, voxel_size, config.denoise)
     norm = fit_normalization(data, config.normalization, source=source)
     x = torch.from_numpy(norm(data))
     train, val = _regions(x.shape, config.val_fraction, config.patch_size)
@@ -133,6 +138,17 @@ def _prepare(
     if len(coords) > 100_000:
         coords = coords[np.random.default_rng(0).choice(len(coords), 100_000, replace=False)]
     return TrainingVolume(name, x, voxel_size, norm, train, val, coords)
+
+
+def denoised(
+    data: np.ndarray, voxel_size: Sequence[float] | None, denoise: float | str
+) -> np.ndarray:
+    """``data`` blurred as segmentation blurs it before the model: by ``denoise`` µm, or with
+    "auto" by the fingerprint's σ (grainy volumes only); unchanged when that is 0."""
+    sigma = measure(data, voxel_size).denoise_sigma() if denoise == "auto" else float(denoise)
+    if sigma <= 0:
+        return data
+    return ndi.gaussian_filter(np.asarray(data, dtype=np.float32), sigma_voxels(sigma, voxel_size))
 
 
 def load_volume(location: str, config: DataConfig) -> TrainingVolume:
