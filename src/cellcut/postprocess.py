@@ -112,7 +112,7 @@ def object_radii(
     labels, n = ndi.label(m, structure=np.ones((3, 3, 3)))
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    sizes = label_sizes(labels, n + 1)[1:].astype(np.float64)
     keep = sizes >= min_voxels
     for axis, end in open_faces:
         touching = np.unique(np.take(labels, end, axis=axis))
@@ -210,6 +210,19 @@ def connected_components(mask: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
+def label_sizes(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Voxel count of every label value (index 0: background), counted plane by plane:
+    ``np.bincount`` of a whole int32 block would first copy it to int64."""
+    labels = np.asarray(labels)
+    if labels.ndim < 2:
+        return np.bincount(labels.ravel(), minlength=minlength)
+    counts = np.zeros(max(int(labels.max(initial=0)) + 1, minlength), dtype=np.int64)
+    for plane in labels:
+        c = np.bincount(plane.ravel())
+        counts[: len(c)] += c
+    return counts
+
+
 def filter_sizes(
     labels: np.ndarray,
     min_volume: float = 0.0,
@@ -223,7 +236,7 @@ def filter_sizes(
     ``in_place=True`` renumbers an int32 ``labels`` in its own memory (no second copy)."""
     labels = np.asarray(labels)
     voxel_volume = float(np.prod(voxel_size)) if voxel_size else 1.0
-    counts = np.bincount(labels.ravel())
+    counts = label_sizes(labels)
     volumes = counts * voxel_volume
     keep = volumes >= min_volume
     if max_volume is not None:
@@ -237,8 +250,14 @@ def filter_sizes(
 def relabel(lut: np.ndarray, labels: np.ndarray, in_place: bool = False) -> np.ndarray:
     """``lut[labels]``; with ``in_place`` (and int32 labels, writable) in ``labels``' memory."""
     if in_place and labels.dtype == lut.dtype == np.int32 and labels.flags.writeable:
-        # mode="clip" is unbuffered: each voxel's index is read before its own slot is written
-        return np.take(lut, labels, out=labels, mode="clip")
+        # plane by plane: numpy copies an index array that overlaps ``out`` first, so one call
+        # on the whole block would hold a second block; per plane that copy is one plane
+        if not labels.flags.c_contiguous:  # a reshape would copy: one whole-block call
+            return np.take(lut, labels, out=labels, mode="clip")
+        planes = labels.reshape(labels.shape[0], -1) if labels.ndim > 1 else labels[None]
+        for plane in planes:
+            np.take(lut, plane, out=plane, mode="clip")
+        return labels
     return lut[labels]
 
 
@@ -307,7 +326,7 @@ AUTO_CANDIDATES = ("voronoi-otsu", "watershed")
 
 def size_spread(labels: np.ndarray) -> float:
     """Median absolute deviation of the objects' log-volumes (inf with fewer than 2 objects)."""
-    sizes = np.bincount(np.asarray(labels).ravel())[1:]
+    sizes = label_sizes(labels)[1:]
     sizes = sizes[sizes > 0]
     if len(sizes) < 2:
         return float("inf")
