@@ -4,8 +4,8 @@
 A synthetic nuclei volume (default 512³, voxel 1 µm) is written to a zarr store, then
 ``cellcut segment`` runs on it in a fresh process with the shipped default model (random
 compact weights where none is shipped: same speed), block 256, window 64, overlap 0.25,
-the default instance step (``auto``) and the statistics CSV. Reports wall time per stage, cells found,
-F1 at IoU 0.5 against the generator's labels, and peak memory.
+the default instance step (``auto``) and the statistics CSV. Reports wall time per stage,
+cells found, F1 at IoU 0.5 against the generator's labels, and peak memory.
 
 Usage::
 
