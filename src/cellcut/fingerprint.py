@@ -77,31 +77,16 @@ class Fingerprint:
         return DENOISE_RADIUS_FRACTION * self.object_radius
 
 
-def _windows(
-    shape: Sequence[int], size: int, n: int, chunks: Sequence[int] | None = None
-) -> list[tuple[slice, ...]]:
-    """Up to ``n`` windows spread along the volume's diagonal; with a chunked store's
-    ``chunks``, each start is moved down to a chunk boundary, so that a window decompresses
-    as few chunks as it can."""
+def _windows(shape: Sequence[int], size: int, n: int) -> list[tuple[slice, ...]]:
+    """Up to ``n`` windows spread along the volume's diagonal."""
     sizes = [min(size, s) for s in shape]
     count = max(1, min(n, *(s // w for s, w in zip(shape, sizes, strict=True))))
     out = []
     for i in range(count):
         f = (i + 0.5) / count
         starts = [round(f * (s - w)) for s, w in zip(shape, sizes, strict=True)]
-        if chunks is not None:
-            starts = [a - a % c for a, c in zip(starts, chunks, strict=True)]
         out.append(tuple(slice(a, a + w) for a, w in zip(starts, sizes, strict=True)))
     return out
-
-
-def _chunks(data: Any) -> tuple[int, ...] | None:
-    """A zarr-like array's chunk shape (ints per axis), else None."""
-    chunks = getattr(data, "chunks", None)
-    if isinstance(chunks, tuple) and len(chunks) == data.ndim:
-        if all(isinstance(c, int) and c > 0 for c in chunks):
-            return chunks
-    return None
 
 
 def denoise(block: np.ndarray, sigma: float = 0.7) -> np.ndarray:
@@ -122,7 +107,7 @@ def measure(data: Any, voxel_size: Sequence[float] | None = None) -> Fingerprint
     from cellcut.normalize import estimate_noise
 
     shape = tuple(int(s) for s in data.shape)
-    windows = _windows(shape, WINDOW, MAX_WINDOWS, _chunks(data))
+    windows = _windows(shape, WINDOW, MAX_WINDOWS)
     units = "µm" if voxel_size else "voxels"
     samples, noise, tops = [], [], []
     for w in windows:
