@@ -48,6 +48,7 @@ _SEGMENT_FLAGS = {
     "denoise": ("--denoise", {"type": "number_or_auto"}),
     "min_volume": ("--min-volume", {"type": "number_or_auto"}),
     "max_volume": ("--max-volume", {"type": float}),
+    "crf": ("--crf", {"action": "store_true"}),
     "device": ("--device", {}),
     "channel": ("--channel", {"type": int}),
     "time": ("--time", {"type": int}),
@@ -64,7 +65,7 @@ def _add_segment_options(p: argparse.ArgumentParser) -> None:
         elif kwargs.get("type") == "number_or_auto":
             kwargs["type"] = _number_or_auto
         default = getattr(SEGMENT_DEFAULTS, name)
-        shown = "" if default is None else f" (default: {default})"
+        shown = "" if default is None or isinstance(default, bool) else f" (default: {default})"
         help_text = f"{field.description}{shown}"
         p.add_argument(flag, dest=name, default=default, help=help_text, **kwargs)
 
@@ -122,6 +123,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="any setting, e.g. loss.spatial_sigma=3 optimizer.lr=3e-4",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "refine",
+        help="train a supervised network on a W-Net's instances (the second stage)",
+        description="Segment the images with a W-Net (or take --labels), turn the instances "
+        "into background / boundary / interior targets (uncertain voxels ignored), and train a "
+        "supervised network on them with artifact augmentation. The run folder is a model: "
+        "cellcut segment IMAGE --model RUN.",
+    )
+    p.add_argument("images", nargs="*", help="volume files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, metrics, pictures)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="MODEL_OR_RUN",
+        help="the W-Net whose instances are learned (default: the shipped model)",
+    )
+    p.add_argument("--labels", nargs="+", help="instance labels made earlier, one per image")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--minutes", type=float, help="stop after this much training time")
+    limit.add_argument("--steps", type=int, help="stop after this many steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--channel", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting of cellcut.config.RefineConfig, e.g. lr=1e-3 artifacts=0.8",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -267,6 +304,51 @@ def _train(args: argparse.Namespace) -> int:
     for name in ("config.yaml", "metrics.csv", "losses.png", "preview.png", "diagnostics.txt"):
         if (run.run_dir / name).exists():
             print(f"{name + ':':<17} {run.run_dir / name}")
+    return 0
+
+
+@_command("refine")
+def _refine(args: argparse.Namespace) -> int:
+    from cellcut.config import refine_overrides
+    from cellcut.errors import InputFileError
+    from cellcut.refinement import refine
+
+    if not args.images:
+        raise InputFileError(
+            "no images to refine on",
+            "no image was given",
+            "pass the files, folders or glob patterns (again with --resume)",
+        )
+    settings = refine_overrides(args.overrides)
+    if args.minutes is not None:
+        settings.update(minutes=args.minutes, steps=None)
+    if args.steps is not None:
+        settings.update(steps=args.steps, minutes=None)
+    for key in ("seed", "channel", "device"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if args.voxel_size is not None:
+        settings["voxel_size"] = tuple(args.voxel_size)
+    if args.quiet:
+        settings["progress"] = False
+    run = refine(
+        args.images,
+        args.out,
+        model=args.source,
+        labels=args.labels,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        **settings,
+    )
+    print(f"stopped after {run.step} steps ({run.stopped_by})")
+    if run.history:
+        last = run.history[-1]
+        print(f"last loss {last['loss']:.4f}, agreement with targets {last['accuracy']:.3f}")
+    print(f"checkpoint: {run.checkpoint}")
+    for name in ("refine.yaml", "metrics.csv", "losses.png", "preview.png"):
+        if (run.run_dir / name).exists():
+            print(f"{name + ':':<13} {run.run_dir / name}")
+    print(f"use it: cellcut segment IMAGE --model {run.run_dir}")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,6 +255,95 @@ class TrainConfig(_Section):
         return target
 
 
+class RefineConfig(_Section):
+    """Everything that defines a refinement (``cellcut refine``): the supervised second stage
+    trained on a W-Net's instances (:mod:`cellcut.refinement`)."""
+
+    version: Literal[1] = CONFIG_VERSION
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    voxel_size: tuple[float, float, float] | None = None
+    channel: int | None = Field(None, ge=0)
+    # the network: a U-Net of the compact preset's blocks
+    base_width: int = Field(8, ge=1, le=128)
+    depth: int = Field(3, ge=1, le=6)
+    # targets from the W-Net's instances (cellcut.refinement.targets)
+    uncertain: tuple[float, float] | None = Field(
+        (0.3, 0.7), description="foreground probabilities ignored by the loss (low, high)"
+    )
+    ignore_shell: bool = Field(True, description="ignore the one-voxel shell outside instances")
+    doubtful_ratio: float = Field(
+        4.0, gt=1, description="ignore instances this many times off the median volume"
+    )
+    # batches and augmentation
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = Field(2, ge=1, le=64)
+    foreground_bias: float = Field(0.5, ge=0, le=1)
+    artifacts: float = Field(
+        0.5, ge=0, le=1, description="fraction of patches given random imaging artifacts"
+    )
+    gamma: float = Field(0.5, ge=0, le=2, description="± log-gamma of the intensity")
+    intensity_scale: float = Field(0.3, ge=0, le=1)
+    intensity_shift: float = Field(0.1, ge=0, le=1)
+    noise: float = Field(0.05, ge=0, le=1, description="Gaussian noise std up to, of range")
+    blur: float = Field(1.0, ge=0, le=5, description="Gaussian blur σ up to, voxels")
+    # optimization and stopping
+    lr: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    dice_weight: float = Field(1.0, ge=0, description="Dice term (cross-entropy has weight 1)")
+    minutes: float | None = Field(5.0, gt=0)
+    steps: int | None = Field(None, ge=1)
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    progress: bool = True
+    plots: bool = True
+
+    @field_validator("uncertain")
+    @classmethod
+    def _band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1] <= 1:
+            raise ValueError("must be two probabilities, low < high, or null")
+        return v
+
+    def save(self, path: str | os.PathLike) -> Path:
+        target = Path(path)
+        with atomic_output(target) as tmp:
+            tmp.write_text(yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+        return target
+
+
+REFINE_DEFAULTS = RefineConfig()
+
+
+def refine_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings (values as YAML) -> settings of :class:`RefineConfig`."""
+    out: dict[str, Any] = {}
+    for text in items:
+        key, value = _split(text)
+        if key not in RefineConfig.model_fields:
+            raise ConfigError(
+                "invalid override",
+                f"'{key}' names no refine setting",
+                "use FIELD=VALUE with a field of cellcut.config.RefineConfig, e.g. lr=1e-3",
+            )
+        out[key] = value
+    return out
+
+
+def refine_config(
+    config: RefineConfig | dict[str, Any] | None = None, **overrides: Any
+) -> RefineConfig:
+    """A :class:`RefineConfig` from an object or dict, with keyword settings on top."""
+    data = config.model_dump() if isinstance(config, RefineConfig) else dict(config or {})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return RefineConfig.model_validate(data)
+    except ValidationError as e:
+        raise _format_validation(
+            e, None, "invalid refine setting", "fix the value(s) named (cellcut refine --help)"
+        ) from None
+
+
 INSTANCE_CHOICES: tuple[str, ...] = (*METHODS, "none")
 """Instance methods of :mod:`cellcut.postprocess`, plus ``none`` (probability and mask only)."""
 
@@ -302,6 +392,11 @@ class SegmentOptions(_Section):
     )
     max_volume: float | None = Field(
         None, gt=0, description="larger objects are removed (artifacts), µm³"
+    )
+    crf: bool = Field(
+        False,
+        description="dense CRF on the foreground probability before instances (the W-Net "
+        "paper's post-processing; measured in the README)",
     )
 
     @field_validator("voxel_size", mode="before")

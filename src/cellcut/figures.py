@@ -95,6 +95,58 @@ def plot_preview(
     return out
 
 
+def plot_refine_losses(history: Sequence[dict], path: str | os.PathLike) -> Path:
+    """A refinement's loss terms and agreement with its targets against the step."""
+    plt = _plt()
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in ("loss", "cross_entropy", "dice", "fixed_loss"):
+        axes[0].plot(steps, [h.get(key, np.nan) for h in history], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_title("loss (fixed: unaugmented patches)")
+    for key in ("accuracy", "fixed_accuracy"):
+        axes[1].plot(steps, [h.get(key, np.nan) for h in history], label=key)
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("agreement with the targets")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_refine_preview(
+    image: np.ndarray, target: np.ndarray, probs: np.ndarray, path: str | os.PathLike
+) -> Path:
+    """Middle slices of a patch: image, targets (0 background, 1 boundary, 2 interior, 3
+    ignored), the refined model's boundary and interior probabilities."""
+    plt = _plt()
+    shown = np.where(target == 255, 3, target).astype(np.float32)
+    panels = [
+        ("image", image, "gray"),
+        ("targets: bg, boundary, interior, ignored", shown, "viridis"),
+        ("boundary", probs[1], "magma"),
+        ("interior", probs[2], "magma"),
+    ]
+    z, y, x = (s // 2 for s in image.shape)
+    fig, axes = plt.subplots(3, len(panels), figsize=(2.8 * len(panels), 7.5), squeeze=False)
+    for col, (title, vol, cmap) in enumerate(panels):
+        for row, sl in enumerate([vol[z], vol[:, y], vol[:, :, x]]):
+            ax = axes[row, col]
+            ax.imshow(sl, cmap=cmap, interpolation="nearest", aspect="auto",
+                      **({"vmin": 0, "vmax": 3} if col == 1 else {"vmin": None}))  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
 def plot_overview(
     image, labels, path: str | os.PathLike, block: Sequence[int] = (256, 256, 256)
 ) -> Path:

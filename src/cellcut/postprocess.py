@@ -20,6 +20,11 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
     merging touching nuclei into clusters, the distance watershed's by cutting elongated or
     irregular nuclei into fragments. Ties keep Voronoi-Otsu. (:func:`choose_instances` says
     which; the README has the figures.)
+``seeded``
+    For a refined model (``cellcut refine``), which predicts each nucleus' interior apart
+    from its one-voxel boundary: the interiors, split at their necks like ``watershed``
+    splits a mask, each grown back by that voxel within the foreground
+    (:func:`seeded_watershed`). With a refined model, ``auto`` means ``seeded``.
 
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
 radius: the median, over the mask's connected components of at least 8 voxels, of the largest
@@ -40,7 +45,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from scipy import ndimage as ndi
 
-Method = Literal["auto", "voronoi-otsu", "watershed", "connected"]
+Method = Literal["auto", "voronoi-otsu", "watershed", "connected", "seeded"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 
@@ -204,6 +209,41 @@ def distance_watershed(
     return watershed(-dist, markers, mask=m).astype(np.int32)
 
 
+def seeded_watershed(
+    foreground: np.ndarray,
+    interior: np.ndarray,
+    min_distance: float = 2.0,
+    voxel_size: Sequence[float] | None = None,
+    min_seed: float = 0.0,
+) -> np.ndarray:
+    """Instances of a refined model's output, the inverse of its targets
+    (:mod:`cellcut.refinement.targets`: a nucleus is its interior plus a one-voxel boundary).
+
+    The interior mask (``interior > 0.5``) is split at its necks by :func:`distance_watershed`
+    (seeds ``min_distance`` apart; seeds under ``min_seed`` µm³, or voxels, dropped); each
+    interior then grows by one voxel (6-neighbours) into ``foreground > 0.5``, neighbours
+    meeting where the interior probability is lowest; foreground components that hold no
+    interior become instances of their own (nuclei too small to have one).
+    """
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(foreground) > 0.5
+    inner = np.asarray(interior, dtype=np.float32)
+    seeds = distance_watershed((inner > 0.5) & mask, min_distance, voxel_size)
+    seeds = filter_sizes(seeds, min_seed, None, voxel_size, in_place=True)
+    six = ndi.generate_binary_structure(3, 1)
+    zone = (ndi.binary_dilation(seeds > 0, six) & mask) | (seeds > 0)
+    labels = watershed(-inner, seeds, mask=zone).astype(np.int32)
+    parts = connected_components(mask)
+    seeded = np.zeros(int(parts.max()) + 1, dtype=bool)
+    seeded[np.unique(parts[seeds > 0])] = True
+    seeded[0] = True
+    lut = np.cumsum(~seeded).astype(np.int32) * (~seeded) + (~seeded) * int(labels.max())
+    extra = lut[parts]
+    labels[extra > 0] = extra[extra > 0]
+    return labels
+
+
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """Label the 26-connected components of a mask."""
     labels, _ = ndi.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3, 3)))
@@ -272,6 +312,7 @@ def instances(
     min_distance: float = 2.0,
     min_volume: float = 0.0,
     max_volume: float | None = None,
+    interior: np.ndarray | None = None,
 ) -> np.ndarray:
     """Instance labels from a probability map (``probability=True``) or a raw image.
 
@@ -292,12 +333,21 @@ def instances(
         Watershed: minimum distance between seeds.
     min_volume, max_volume
         Size filter after labelling.
+    interior
+        A refined model's interior probability (same shape): ``seeded`` (and ``auto``) split
+        and grow its interiors over ``image`` (:func:`seeded_watershed`, seeds
+        ``min_distance`` apart and of a quarter of ``min_volume`` or more).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     img = np.asarray(image)
     if img.ndim != 3:
         raise ValueError(f"expected a (z, y, x) volume, got shape {img.shape}")
+    if method == "seeded" or (method == "auto" and interior is not None):
+        if interior is None:
+            raise ValueError("method 'seeded' needs a refined model's interior probability")
+        labels = seeded_watershed(img, interior, min_distance, voxel_size, 0.25 * min_volume)
+        return filter_sizes(labels, min_volume, max_volume, voxel_size, in_place=True)
     if method == "auto":
         return choose_instances(
             img,

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from cellcut.artifacts import KINDS as ARTIFACT_KINDS
+from cellcut.artifacts import apply_artifacts
+
 
 @dataclass
 class SyntheticVolume:
@@ -83,6 +86,7 @@ def make_nuclei_volume(
     illumination: float = 0.0,
     saturated: float = 0.0,
     tissue: float = 0.0,
+    artifact_kinds: Sequence[str] = (),
 ) -> SyntheticVolume:
     """Generate nuclei in a 3D fluorescence volume with ground truth.
 
@@ -134,10 +138,9 @@ def make_nuclei_volume(
     tissue
         Level of a dim body (cytoplasm, embryo, tissue) in the middle of the volume, as a
         fraction of the brightest nuclei's; background for the ground truth.
-
-    Returns
-    -------
-    SyntheticVolume
+    artifact_kinds
+        Artifacts to add (:data:`cellcut.artifacts.KINDS`), from their own random stream: the
+        nuclei are the seed's without them. Debris and tubes avoid the nuclei (``artifacts``).
     """
     shape, vs = _geometry(shape, voxel_size)
     rng = np.random.default_rng(seed)
@@ -147,19 +150,17 @@ def make_nuclei_volume(
         n_nuclei = max(1, int(fill * np.prod(extent) / (4 / 3 * np.pi * mean_r**3)))
     nuclei = _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching, min_gap)
     labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
-
     signal *= 1.0 + texture * _grain(rng, shape, vs) * (labels > 0)
     artifacts = _surroundings(
         rng, signal, labels, vs, tissue * brightness[1], n_artifacts, illumination
     )
+    art_rng = np.random.default_rng([seed, 1])
+    signal = _structures(art_rng, signal, labels, vs, artifact_kinds, brightness[1], artifacts)
     image = _image(rng, signal, vs, psf_sigma_um, background, background_gradient, photons)
+    image = _optical(art_rng, image, vs, artifact_kinds, brightness[1], dtype)
     image = _detector(rng, image, read_noise, saturated, dtype)
-    return SyntheticVolume(
-        image=image,
-        labels=labels,
-        voxel_size=tuple(float(v) for v in vs),  # type: ignore[arg-type]
-        artifacts=artifacts,
-    )
+    voxels = tuple(float(v) for v in vs)
+    return SyntheticVolume(image, labels, voxels, artifacts)  # type: ignore[arg-type]
 
 
 def _geometry(shape: Sequence[int], voxel_size: Sequence[float]) -> tuple[tuple, np.ndarray]:
@@ -189,6 +190,33 @@ def _surroundings(rng, signal, labels, vs, tissue_level, n_artifacts, illuminati
     if illumination:
         signal *= np.clip(1.0 + illumination * _smooth_field(rng, shape), 0.05, None)
     return artifacts
+
+
+STRUCTURES = ("debris", "tubes")
+"""Artifacts that are objects (drawn before the point-spread function); the others act on the
+image."""
+
+
+def _structures(rng, signal, labels, vs, kinds, level, mask) -> np.ndarray:
+    """``signal`` with debris and tubes (outside the nuclei) when ``kinds`` name them; their
+    voxels are added to ``mask`` in place."""
+    kinds = [k for k in kinds if k in STRUCTURES]
+    if not kinds:
+        return signal
+    out = apply_artifacts(
+        signal, kinds, rng, voxel_size=vs, level=level, base=0.0, avoid=labels > 0
+    )
+    mask |= out > signal
+    return out
+
+
+def _optical(rng, image, vs, kinds, level, dtype) -> np.ndarray:
+    """``image`` with the artifacts of ``kinds`` that act on the image (not debris, tubes)."""
+    optical = [k for k in kinds if k not in STRUCTURES]
+    if not optical:
+        return image
+    top = SCALES[dtype][1] / SCALES[dtype][0]
+    return apply_artifacts(image, optical, rng, voxel_size=vs, level=level, top=top)
 
 
 def _body(rng, shape) -> np.ndarray:
@@ -400,10 +428,12 @@ def random_regime(rng: np.random.Generator) -> dict:
     )
 
 
-def regime_volume(name: str, seed: int = 0) -> SyntheticVolume:
-    """The scoring volume of a named regime (:data:`REGIMES`)."""
+def regime_volume(name: str, seed: int = 0, artifacts: bool = False) -> SyntheticVolume:
+    """The scoring volume of a named regime (:data:`REGIMES`); with ``artifacts``, the same
+    nuclei under every kind of :data:`ARTIFACT_KINDS`."""
     if name not in REGIMES:
         raise ValueError(f"unknown regime {name!r}: one of {', '.join(REGIMES)}")
     if seed >= TRAINING_SEED_BASE:
         raise ValueError(f"scoring seeds are below {TRAINING_SEED_BASE} (training uses the rest)")
-    return make_nuclei_volume(seed=seed, **REGIMES[name])
+    kinds = ARTIFACT_KINDS if artifacts else ()
+    return make_nuclei_volume(seed=seed, artifact_kinds=kinds, **REGIMES[name])

@@ -17,12 +17,14 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "cellcut"
 
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "samples"},
+    {"_version", "errors", "samples", "artifacts"},
     {"io", "runtime", "normalize", "synthetic", "metrics", "postprocess", "infer", "blocks"},
+    {"crf"},
     {"config", "figures", "fingerprint"},
     {"model", "losses"},
     {"scoring"},
     {"training", "segmentation"},
+    {"refinement"},
     {"cli", "napari_plugin", "__init__"},
 ]
 LAYER_OF = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}

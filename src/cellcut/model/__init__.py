@@ -6,7 +6,9 @@ Knows nothing about training or segmentation; both stand on it.
 
 from cellcut.model.checkpoint import CHECKPOINT_NAME, Checkpoint, LoadedModel, load_model
 from cellcut.model.network import (
+    REFINED_CLASSES,
     Conv3d,
+    RefinedNet3D,
     UNet3D,
     WNet3D,
     WNetArchitecture,
@@ -17,9 +19,11 @@ from cellcut.model.registry import export_model, list_models, resolve_model_path
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "REFINED_CLASSES",
     "Checkpoint",
     "Conv3d",
     "LoadedModel",
+    "RefinedNet3D",
     "UNet3D",
     "WNet3D",
     "WNetArchitecture",

@@ -21,11 +21,14 @@ import torch
 from cellcut._version import __version__
 from cellcut.errors import CheckpointError
 from cellcut.io import atomic_output
-from cellcut.model.network import WNet3D, WNetArchitecture
+from cellcut.model.network import RefinedNet3D, WNet3D, WNetArchitecture
 
 FORMAT = "cellcut-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+KINDS = {"wnet": WNet3D, "refined": RefinedNet3D}
+"""What a checkpoint's network is: a W-Net (``cellcut train``) or the supervised second stage
+(``cellcut refine``); checkpoints written before refinement existed are W-Nets."""
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Checkpoint:
     architecture: dict[str, Any]
     model: dict[str, torch.Tensor]
     config: dict[str, Any]
+    kind: str = "wnet"
     # what inference and fine-tuning need
     foreground_classes: list[int] = field(default_factory=list)
     intensity_sigma: float | None = None
@@ -82,10 +86,17 @@ class Checkpoint:
         kept["model"] = {k: v.clone() for k, v in self.model.items()}
         return Checkpoint(**kept)
 
-    def build_model(self, source: str = "checkpoint") -> WNet3D:
-        """Rebuild the W-Net and load its weights."""
+    def build_model(self, source: str = "checkpoint") -> WNet3D | RefinedNet3D:
+        """Rebuild the network (:data:`KINDS`) and load its weights."""
+        if self.kind not in KINDS:
+            raise CheckpointError(
+                "cannot load checkpoint",
+                f"its network kind {self.kind!r} is unknown to this cellcut",
+                "upgrade cellcut",
+                file=source,
+            )
         try:
-            model = WNet3D.from_architecture(WNetArchitecture(**self.architecture))
+            model = KINDS[self.kind].from_architecture(WNetArchitecture(**self.architecture))
             model.load_state_dict(self.model)
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise CheckpointError(
@@ -167,12 +178,13 @@ class Checkpoint:
 class LoadedModel:
     """A model rebuilt from a checkpoint, in eval mode, and what inference needs with it."""
 
-    model: WNet3D
+    model: WNet3D | RefinedNet3D
     foreground_classes: list[int]
     normalization: str
     intensity_sigma: float | None
     input_scale: float
     source: str
+    kind: str = "wnet"
 
     @property
     def n_classes(self) -> int:
@@ -200,4 +212,5 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         intensity_sigma=ckpt.intensity_sigma,
         input_scale=float(ckpt.input_scale),
         source=os.fspath(path),
+        kind=ckpt.kind,
     )

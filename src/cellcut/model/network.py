@@ -221,7 +221,41 @@ class WNetOutput(NamedTuple):
     reconstruction: Tensor
 
 
-class WNet3D(nn.Module):
+class _PaddedNet(nn.Module):
+    """Pads inputs to a multiple of 2^depth (by reflection) and crops outputs back."""
+
+    arch: WNetArchitecture
+
+    def _pad(self, x: Tensor) -> tuple[Tensor, Sequence[int]]:
+        if x.ndim != 5:
+            raise ValueError(f"expected input of shape (N, C, Z, Y, X), got {tuple(x.shape)}")
+        if x.shape[1] != self.arch.in_channels:
+            raise ValueError(f"expected {self.arch.in_channels} input channel(s), got {x.shape[1]}")
+        m = 2**self.arch.depth
+        size = x.shape[2:]
+        pads: list[int] = []
+        for s in reversed(size):
+            extra = (-s) % m
+            pads += [extra // 2, extra - extra // 2]
+        if any(pads):
+            sizes = [s for s in reversed(size) for _ in range(2)]
+            fits = all(p < s for p, s in zip(pads, sizes, strict=True))
+            mode = "reflect" if fits else "replicate"
+            x = F.pad(x, pads, mode=mode)
+        return x.contiguous(memory_format=torch.channels_last_3d), pads
+
+    @staticmethod
+    def _crop(y: Tensor, pads: Sequence[int]) -> Tensor:
+        if not any(pads):
+            return y
+        index = [slice(None), slice(None)]
+        for axis in range(3):
+            lo, hi = pads[2 * (2 - axis)], pads[2 * (2 - axis) + 1]
+            index.append(slice(lo, y.shape[2 + axis] - hi))
+        return y[tuple(index)]
+
+
+class WNet3D(_PaddedNet):
     """Encoder U-Net (image → K soft classes) followed by a decoder U-Net (classes → image).
 
     Parameters
@@ -259,34 +293,6 @@ class WNet3D(nn.Module):
     def n_classes(self) -> int:
         return self.arch.n_classes
 
-    def _pad(self, x: Tensor) -> tuple[Tensor, Sequence[int]]:
-        if x.ndim != 5:
-            raise ValueError(f"expected input of shape (N, C, Z, Y, X), got {tuple(x.shape)}")
-        if x.shape[1] != self.arch.in_channels:
-            raise ValueError(f"expected {self.arch.in_channels} input channel(s), got {x.shape[1]}")
-        m = 2**self.arch.depth
-        size = x.shape[2:]
-        pads: list[int] = []
-        for s in reversed(size):
-            extra = (-s) % m
-            pads += [extra // 2, extra - extra // 2]
-        if any(pads):
-            sizes = [s for s in reversed(size) for _ in range(2)]
-            fits = all(p < s for p, s in zip(pads, sizes, strict=True))
-            mode = "reflect" if fits else "replicate"
-            x = F.pad(x, pads, mode=mode)
-        return x.contiguous(memory_format=torch.channels_last_3d), pads
-
-    @staticmethod
-    def _crop(y: Tensor, pads: Sequence[int]) -> Tensor:
-        if not any(pads):
-            return y
-        index = [slice(None), slice(None)]
-        for axis in range(3):
-            lo, hi = pads[2 * (2 - axis)], pads[2 * (2 - axis) + 1]
-            index.append(slice(lo, y.shape[2 + axis] - hi))
-        return y[tuple(index)]
-
     def encode_logits(self, x: Tensor) -> Tensor:
         """Class scores before the softmax, (N, K, *S)."""
         xp, pads = self._pad(x)
@@ -301,6 +307,54 @@ class WNet3D(nn.Module):
         probs = torch.softmax(self.encoder(xp), dim=1)
         recon = self.decoder(probs)
         return WNetOutput(self._crop(probs, pads), self._crop(recon, pads))
+
+
+REFINED_CLASSES = ("background", "boundary", "interior")
+"""The classes of :class:`RefinedNet3D`, in channel order."""
+
+
+class RefinedNet3D(_PaddedNet):
+    """The supervised second stage (``cellcut refine``): one U-Net from the image to three
+    classes, :data:`REFINED_CLASSES`, learned from a W-Net's instances. The foreground is
+    boundary + interior; the interior separates touching nuclei (seeds of a watershed).
+
+    Same presets and arguments as :class:`WNet3D` (``n_classes`` is always 3).
+    """
+
+    def __init__(self, preset: str = "compact", **overrides: Any) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        unknown = set(overrides) - set(asdict(PRESETS[preset]))
+        if unknown:
+            raise ValueError(f"unknown RefinedNet3D argument(s): {sorted(unknown)}")
+        fields = {**asdict(PRESETS[preset]), **overrides, "n_classes": len(REFINED_CLASSES)}
+        arch = WNetArchitecture(**fields)
+        _validate(arch)
+        self.arch = arch
+        self.net = UNet3D(arch, arch.in_channels, arch.n_classes)
+        self.to(memory_format=torch.channels_last_3d)
+
+    @classmethod
+    def from_architecture(cls, arch: WNetArchitecture | dict) -> RefinedNet3D:
+        fields = asdict(arch) if isinstance(arch, WNetArchitecture) else dict(arch)
+        return cls("compact", **fields)
+
+    @property
+    def n_classes(self) -> int:
+        return self.arch.n_classes
+
+    def encode_logits(self, x: Tensor) -> Tensor:
+        """Class scores before the softmax, (N, 3, *S)."""
+        xp, pads = self._pad(x)
+        return self._crop(self.net(xp), pads)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Class probabilities (N, 3, *S) of an image (N, 1, *S)."""
+        return torch.softmax(self.encode_logits(x), dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encode_logits(x)
 
 
 def _validate(arch: WNetArchitecture) -> None:

@@ -95,10 +95,12 @@ def label_blocks(
     block: Sequence[int],
     halo: Sequence[int],
     progress: Progress | None = None,
+    interior: Any | None = None,
     **options: Any,
 ) -> Labelling:
     """Instance labels of a probability map written into ``out`` (zero-initialised), block by
-    block; ``options`` go to :func:`cellcut.postprocess.instances`.
+    block; ``options`` go to :func:`cellcut.postprocess.instances`. ``interior``: a refined
+    model's interior probability, which ``auto`` and ``seeded`` grow over the foreground.
 
     Voronoi-Otsu's ``spot_sigma="auto"`` (the default) is measured once for the whole volume
     (:func:`estimate_spot_sigma`): one blur for every block, or block-wise and one-piece
@@ -106,7 +108,8 @@ def label_blocks(
     """
     shape = tuple(int(s) for s in probability.shape)
     result = Labelling(0)
-    if method in ("voronoi-otsu", "auto"):
+    seeded = interior is not None and method in ("auto", "seeded")
+    if method in ("voronoi-otsu", "auto") and not seeded:
         if options.get("spot_sigma", "auto") == "auto":
             options["spot_sigma"], result.median_radius = estimate_spot_sigma(
                 probability, voxel_size, options.get("outline_sigma", 1.0)
@@ -116,7 +119,13 @@ def label_blocks(
     next_id = 1
     for i, blk in enumerate(grid):
         prob = np.asarray(probability[blk.outer], dtype=np.float32)
-        if method == "auto":
+        if seeded:
+            inner = np.asarray(interior[blk.outer], dtype=np.float32)
+            local = instances(
+                prob, "seeded", voxel_size=voxel_size, probability=True, interior=inner, **options
+            )
+            result.chosen["seeded"] = result.chosen.get("seeded", 0) + 1
+        elif method == "auto":
             local, chosen = choose_instances(
                 prob, voxel_size=voxel_size, probability=True, **options
             )

@@ -25,6 +25,7 @@ import numpy as np
 
 from cellcut.blocks import tiles
 from cellcut.config import SegmentOptions, segment_options
+from cellcut.errors import ConfigError
 from cellcut.fingerprint import Fingerprint, measure
 from cellcut.io import (
     Volume,
@@ -42,7 +43,12 @@ from cellcut.normalize import fit_normalization
 from cellcut.postprocess import sigma_voxels
 from cellcut.runtime import release_free_memory, resolve_device
 from cellcut.segmentation.labelling import Labelling, instance_halo, label_blocks
-from cellcut.segmentation.predict import Progress, predict_probability, resolve_model
+from cellcut.segmentation.predict import (
+    Progress,
+    crf_probability,
+    predict_probability,
+    resolve_model,
+)
 from cellcut.segmentation.selfcheck import check_segmentation
 from cellcut.segmentation.statistics import cell_statistics, write_stats_csv
 
@@ -135,6 +141,7 @@ def segment(
     outputs.check()
     device = resolve_device(opts.device)
     loaded = resolve_model(model, device)
+    _check_instances(opts, loaded)
     with zarr_block_io():
         fingerprint = measure(vol.data, voxel_size)
         blur = _denoise_sigma(opts, fingerprint)
@@ -147,19 +154,8 @@ def segment(
     in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES
     block = opts.triple("block")
     with zarr_block_io(), _workspace(vol.shape, block, in_memory) as new_array:
-        prob = new_array("probability", np.float32)
-        predict_probability(
-            vol.data,
-            loaded,
-            prob,
-            window=opts.triple("window"),
-            overlap=opts.overlap,
-            block=block,
-            batch_size=opts.batch_size,
-            device=device,
-            normalization=norm,
-            denoise=blur_voxels,
-            progress=progress,
+        prob, interior = _predict(
+            vol.data, loaded, new_array, opts, device, norm, blur_voxels, voxel_size, progress
         )
         release_free_memory()
         if opts.instances == "none":
@@ -169,11 +165,12 @@ def segment(
             labelling, rows, summary = Labelling(0), [], {}
         else:
             labels = new_array("labels", np.int32)
-            labelling = _label(prob, labels, opts, voxel_size, fingerprint, progress)
+            labelling = _label(prob, labels, opts, voxel_size, fingerprint, progress, interior)
             rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
             summary.update(_labelling_summary(opts, labelling))
             summary["fingerprint"] = fingerprint.to_dict()
             summary["denoise"] = blur
+            summary["crf"] = opts.crf
             summary["warnings"] = _self_check(rows, vol.shape, voxel_size, fingerprint)
         result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
         result.n_cells = labelling.n_objects
@@ -224,6 +221,7 @@ def _label(
     voxel_size: Sequence[float] | None,
     fingerprint: Fingerprint,
     progress: Progress | None,
+    interior: Any | None = None,
 ) -> Labelling:
     halo = opts.triple("halo") or instance_halo(opts.triple("window"), voxel_size)
     options = opts.instance_options()
@@ -239,12 +237,53 @@ def _label(
         block=opts.triple("block"),
         halo=halo,
         progress=progress,
+        interior=interior,
         **options,
     )
     labelling.min_volume = float(options["min_volume"])
     labelling.min_distance = float(options["min_distance"])
     release_free_memory()
     return labelling
+
+
+def _check_instances(opts: SegmentOptions, loaded: LoadedModel) -> None:
+    if opts.instances == "seeded" and loaded.kind != "refined":
+        raise ConfigError(
+            "cannot segment",
+            "--instances seeded needs a refined model (its interior probability)",
+            "use a model made by cellcut refine, or another --instances",
+        )
+
+
+def _predict(
+    data: Any,
+    loaded: LoadedModel,
+    new_array: Any,
+    opts: SegmentOptions,
+    device: Any,
+    norm: Any,
+    blur: Sequence[float] | None,
+    voxel_size: Sequence[float] | None,
+    progress: Progress | None,
+) -> tuple[Any, Any]:
+    """The foreground probability (after the dense CRF when ``opts.crf``; the CRF writes a new
+    array, since it reads the old one's halos meanwhile), and a refined model's interior."""
+    block = opts.triple("block")
+    prob = new_array("probability", np.float32)
+    interior = new_array("interior", np.float32) if loaded.kind == "refined" else None
+    predict_probability(
+        data, loaded, prob, window=opts.triple("window"), overlap=opts.overlap, block=block,
+        batch_size=opts.batch_size, device=device, normalization=norm, denoise=blur,
+        progress=progress, interior_out=interior,
+    )  # fmt: skip
+    if opts.crf:
+        smoothed = new_array("probability-crf", np.float32)
+        crf_probability(
+            data, prob, smoothed, voxel_size=voxel_size, block=block, normalization=norm,
+            denoise=blur, progress=progress,
+        )  # fmt: skip
+        prob = smoothed
+    return prob, interior
 
 
 def _denoise_sigma(opts: SegmentOptions, fingerprint: Fingerprint) -> float:

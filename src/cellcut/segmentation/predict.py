@@ -55,8 +55,12 @@ def predict_probability(
     normalization: Callable[[np.ndarray], np.ndarray] | None = None,
     denoise: Sequence[float] | None = None,
     progress: Progress | None = None,
+    interior_out: Any | None = None,
 ) -> None:
     """Foreground probability of ``volume`` written into ``out`` (same shape, float32).
+
+    A refined model (``model.kind == "refined"``) also gives its interior probability, written
+    into ``interior_out`` (the seeds of :func:`cellcut.postprocess.seeded_watershed`).
 
     ``denoise``: (z, y, x) Gaussian σ in voxels applied to the image before normalization;
     each block is blurred with a margin of 4 σ around it, so that it sees the same blurred
@@ -70,17 +74,32 @@ def predict_probability(
     fg = list(model.foreground_classes)
     net = model.model.eval()
 
+    refined = model.kind == "refined"
+    if refined and interior_out is None:
+        raise ValueError("a refined model's interior needs interior_out")
+
     def predictor(batch: torch.Tensor) -> torch.Tensor:
-        return foreground_probability(net.encode(batch / scale), fg)
+        probs = net.encode(batch / scale)
+        if refined:  # foreground (boundary + interior), interior
+            return torch.stack([probs[:, 1] + probs[:, 2], probs[:, 2]], dim=1)
+        return foreground_probability(probs, fg)
 
     for i, blk in enumerate(grid):
         data = _read(volume, blk.outer, shape, blur)
         if normalization is not None:
             data = normalization(data)
         prob = sliding_window(
-            data, predictor, 1, window=window, overlap=overlap, batch_size=batch_size, device=device
+            data,
+            predictor,
+            2 if refined else 1,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
         )
         out[blk.core] = prob[(0, *blk.inner)]
+        if refined:
+            interior_out[blk.core] = prob[(1, *blk.inner)]
         if progress is not None:
             progress("probability", i + 1, len(grid))
 
@@ -105,3 +124,35 @@ def _read(
         slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, wide, strict=True)
     )
     return np.ascontiguousarray(data[crop])  # a copy: the margin is freed before prediction
+
+
+def crf_probability(
+    volume: Any,
+    probability: Any,
+    out: Any,
+    *,
+    voxel_size: Sequence[float] | None,
+    block: Sequence[int] = (256, 256, 256),
+    normalization: Callable[[np.ndarray], np.ndarray] | None = None,
+    denoise: Sequence[float] | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """``probability`` after the dense CRF (:func:`cellcut.crf.dense_crf`) into ``out``, block
+    by block: each block with a halo as wide as the CRF's messages travel, so the result does
+    not depend on the block size. The CRF sees the image as the model saw it (denoised,
+    normalized)."""
+    from cellcut.crf import CRF_ITERATIONS, dense_crf, window_radius
+
+    shape = tuple(int(s) for s in volume.shape)
+    blur = tuple(float(v) for v in denoise) if denoise and any(v > 0 for v in denoise) else None
+    halo = [r * CRF_ITERATIONS for r in window_radius(voxel_size)]
+    grid = blocks(shape, block, halo)
+    for i, blk in enumerate(grid):
+        data = _read(volume, blk.outer, shape, blur)
+        if normalization is not None:
+            data = normalization(data)
+        prob = np.asarray(probability[blk.outer], dtype=np.float32)
+        refined = dense_crf(prob, data, voxel_size)
+        out[blk.core] = refined[blk.inner]
+        if progress is not None:
+            progress("crf", i + 1, len(grid))

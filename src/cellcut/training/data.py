@@ -188,7 +188,7 @@ def load_volumes(sources: Sequence[Source], config: DataConfig) -> list[Training
     return volumes
 
 
-def _crop_with_reflection(
+def crop_with_reflection(
     x: torch.Tensor, region: tuple[slice, ...], start: Sequence[int], size: Sequence[int]
 ) -> torch.Tensor:
     """A ``size`` crop at ``start`` (relative to ``region``), reflected where it leaves it."""
@@ -285,7 +285,7 @@ class PatchSampler:
     def _draw(self) -> torch.Tensor:
         vol = self.volumes[int(self.rng.choice(len(self.volumes), p=self.weights))]
         start = self._start(vol)
-        crop = _crop_with_reflection(vol.data, vol.train_region, start, self.patch_size)
+        crop = crop_with_reflection(vol.data, vol.train_region, start, self.patch_size)
         return self._geometric(crop)
 
     def patch(self) -> torch.Tensor:
@@ -329,7 +329,7 @@ def validation_patches(
             int(rng.integers(0, s - p + 1)) if s >= p else 0
             for s, p in zip(shape, patch_size, strict=True)
         ]
-        patches.append(_crop_with_reflection(vol.data, vol.val_region, start, patch_size)[None])
+        patches.append(crop_with_reflection(vol.data, vol.val_region, start, patch_size)[None])
     return torch.stack(patches)
 
 

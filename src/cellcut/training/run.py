@@ -81,8 +81,11 @@ class TrainingRun:
         return self.run_dir / CHECKPOINT_NAME
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
-    """Check the run folder for a new run or a resume, and create it if needed."""
+def prepare_run_dir(
+    out: Path, resume: bool, overwrite: bool, command: str = "cellcut train"
+) -> Path:
+    """Check the run folder for a new run or a resume of ``command``, and create it if
+    needed."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(
@@ -96,7 +99,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> Path:
             raise OutputError(
                 "cannot resume",
                 "the folder holds no checkpoint",
-                "give the run folder of an earlier `cellcut train`",
+                f"give the run folder of an earlier `{command}`",
                 file=out,
             )
         return out

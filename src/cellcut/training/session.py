@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cellcut.config import TrainConfig, apply_overrides, build_config
-from cellcut.errors import ConfigError
+from cellcut.errors import CheckpointError, ConfigError
 from cellcut.losses import ReconstructionLoss, SoftNCutLoss, WNetLoss
 from cellcut.losses.intensity import ClassIntensityLoss, initial_centres
 from cellcut.model import Checkpoint, WNet3D, resolve_model_path
@@ -197,10 +197,22 @@ def _model(
     run_dir: Path,
 ) -> WNet3D:
     if restored is not None:
-        return restored.build_model(str(run_dir))
-    if from_pretrained is not None:
-        source = Checkpoint.load(resolve_model_path(from_pretrained))
-        return source.build_model(str(from_pretrained))
+        source, name = restored, str(run_dir)
+    elif from_pretrained is not None:
+        source, name = Checkpoint.load(resolve_model_path(from_pretrained)), str(from_pretrained)
+    else:
+        return WNet3D(cfg.model.preset, **cfg.model.overrides())
+    if source.kind != "wnet":
+        raise CheckpointError(
+            "cannot train from this model",
+            f"it is a {source.kind} model, not a W-Net",
+            "give a W-Net (cellcut train's run or a shipped model); continue a refinement with "
+            "cellcut refine --resume",
+            file=name,
+        )
+    model = source.build_model(name)
+    assert isinstance(model, WNet3D)
+    return model
     return WNet3D(cfg.model.preset, **cfg.model.overrides())
 
 

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""The second stage against the W-Net it learned from, per regime, with and without artifacts.
+
+For every regime of :data:`cellcut.synthetic.REGIMES` (scoring seeds), the same nuclei under
+every artifact of :data:`cellcut.artifacts.KINDS` (debris, tubes, light-sheet stripes, haze,
+hot and dead pixels, absorption, a tile seam), and the real embryo volumes of ../shared/data
+where present:
+
+- ``wnet``: ``cellcut.segment`` with the shipped model, default settings (zero-shot);
+- ``refined``: ``cellcut.refine`` on that volume from the shipped model for ``--minutes``
+  (2 threads), then ``cellcut.segment`` with the refined model (default settings: its seeded
+  instances).
+
+Scores: instance F1 at IoU 0.5 and foreground Dice against the ground truth (nuclei only). Also
+recorded: the refinement's steps and the seconds spent making its targets. Each volume is one
+job; ``--jobs N`` runs N at once in separate processes of 2 threads each (on a machine with at
+least 2N cores; the figures then come from that machine's cores, say so).
+
+``--speed`` measures inference of both models on one 128³ volume in the same process:
+``segment`` voxels per second, median of 3, 2 threads.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_refine.py [--minutes 5] [--regimes ...] [--jobs 1]
+
+Prints a table, writes ``benchmarks/results/refine.json`` and ``docs/refine.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness
+
+EMBRYO_VOXEL = (2.18, 1.0, 1.0)
+
+
+def load(name: str):
+    """(image, labels, voxel size) of a volume named ``regime/seed[+artifacts]`` or
+    ``embryo-Ncell``."""
+    import tifffile
+
+    if name.startswith("embryo-"):
+        n = name.split("-")[1].removesuffix("cell")
+        root = harness.SHARED / "data" / "embryo"
+        image = tifffile.imread(root / f"{n}cell_image.tif")
+        return image, tifffile.imread(root / f"{n}cell_labels_cc.tif"), EMBRYO_VOXEL
+    from cellcut.synthetic import regime_volume
+
+    regime, rest = name.split("/")
+    seed, _, tag = rest.partition("+")
+    v = regime_volume(regime, int(seed), artifacts=tag == "artifacts")
+    return v.image, v.labels, v.voxel_size
+
+
+def score(truth, labels) -> dict:
+    from cellcut.metrics import evaluate
+
+    e = evaluate(truth, labels, thresholds=(0.5,))
+    return {"f1": round(e.f1_50, 4), "dice": round(e.dice, 4), "n_pred": int(labels.max())}
+
+
+def one_volume(name: str, minutes: float, model: str, device: str) -> dict:
+    """W-Net zero-shot and refined scores of one volume (runs in its own process)."""
+    import torch
+
+    from cellcut.refinement import refine
+    from cellcut.segmentation import segment
+
+    torch.set_num_threads(harness.THREADS)
+    image, truth, voxel_size = load(name)
+    row: dict = {"truth": int(truth.max())}
+    result = segment(image, None, model=model, voxel_size=voxel_size, device=device)
+    row["wnet"] = score(truth, result.labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = refine(
+            [image], Path(tmp) / "run", model=model, voxel_size=voxel_size, minutes=minutes,
+            device=device, progress=False, plots=False,
+        )  # fmt: skip
+        total = time.perf_counter() - t0
+        refined = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device)
+    row["refined"] = {
+        **score(truth, refined.labels),
+        "steps": run.step,
+        "targets_s": round(total - run.elapsed_s, 1),
+    }
+    return row
+
+
+def speed(model: str, device: str) -> dict:
+    """Segmentation voxels per second of the W-Net and a refined model on one 128³ volume."""
+    import numpy as np
+    import torch
+
+    from cellcut.refinement import refine
+    from cellcut.segmentation import segment
+    from cellcut.synthetic import make_nuclei_volume
+
+    torch.set_num_threads(harness.THREADS)
+    v = make_nuclei_volume((128, 128, 128), seed=7, voxel_size=(1.0, 1.0, 1.0))
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = refine([v.image], Path(tmp) / "run", model=model, voxel_size=v.voxel_size,
+                     steps=2, progress=False, plots=False, device=device)  # fmt: skip
+        for side, use in (("wnet", model), ("refined", run.run_dir)):
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                segment(v.image, None, model=use, voxel_size=v.voxel_size, device=device)
+                times.append(time.perf_counter() - t0)
+            out[side] = {"median_s": round(float(np.median(times)), 3),
+                         "voxels_per_s": round(v.image.size / float(np.median(times)))}  # fmt: skip
+    out["ratio_refined_over_wnet"] = round(
+        out["refined"]["voxels_per_s"] / out["wnet"]["voxels_per_s"], 3
+    )
+    return out
+
+
+def names(regimes, seeds, embryo: bool, artifacts: bool) -> list[str]:
+    out = []
+    for regime in regimes:
+        for seed in seeds:
+            out.append(f"{regime}/{seed}")
+            if artifacts:
+                out.append(f"{regime}/{seed}+artifacts")
+    if embryo and (harness.SHARED / "data" / "embryo").exists():
+        out += ["embryo-8cell", "embryo-16cell"]
+    return out
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = list(rows)
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(keys)), 4))
+    for offset, side in ((-0.2, "wnet"), (0.2, "refined")):
+        ax.bar(x + offset, [rows[k].get(side, {}).get("f1", np.nan) for k in keys], 0.4,
+               label=side)  # fmt: skip
+    ax.set_xticks(x, keys, rotation=75, fontsize=7)
+    ax.set_ylabel("instance F1 @ IoU 0.5")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("cellcut refine (5 min, 2 threads) against its W-Net, per volume")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    from cellcut.synthetic import REGIMES
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--no-artifacts", action="store_true")
+    ap.add_argument("--no-embryo", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="also measure inference speed")
+    ap.add_argument("--out", default="refine", help="results name (benchmarks/results/NAME.json)")
+    args = ap.parse_args()
+
+    todo = names(args.regimes, args.seeds, not args.no_embryo, not args.no_artifacts)
+    rows: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {
+            pool.submit(one_volume, n, args.minutes, args.model, args.device): n for n in todo
+        }
+        for future, name in futures.items():
+            rows[name] = future.result()
+            print(f"[{time.perf_counter() - t0:6.0f} s] {name}: {rows[name]}", flush=True)
+    result = {"minutes": args.minutes, "model": args.model, "device": args.device,
+              "jobs": args.jobs, "machine": harness.machine(), "rows": rows}  # fmt: skip
+    if args.speed:
+        result["speed"] = speed(args.model, args.device)
+        print("speed:", result["speed"])
+    deltas = [r["refined"]["f1"] - r["wnet"]["f1"] for r in rows.values()]
+    if deltas:
+        result["mean_f1_gain"] = round(sum(deltas) / len(deltas), 4)
+        result["worst_f1_change"] = round(min(deltas), 4)
+    harness.write_json(args.out, result)
+    table = [
+        [name, f"{r['wnet']['f1']:.2f}/{r['wnet']['dice']:.2f}",
+         f"{r['refined']['f1']:.2f}/{r['refined']['dice']:.2f}",
+         f"{r['refined']['f1'] - r['wnet']['f1']:+.2f}", str(r["refined"]["steps"])]
+        for name, r in rows.items()
+    ]  # fmt: skip
+    print(harness.table(table, ["volume", "W-Net F1/Dice", "refined F1/Dice", "ΔF1", "steps"]))
+    if deltas:
+        print(f"mean ΔF1 {result['mean_f1_gain']:+.3f}, worst {result['worst_f1_change']:+.3f}")
+    plot(rows, harness.ROOT / "docs" / f"{args.out}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""What a refinement learns from: images, and the instances that become their targets.
+
+The instances come from a W-Net (``cellcut segment`` with its default settings, so the refined
+model learns from what the W-Net would give the user) or from labels given. The W-Net's
+instances and probabilities are kept in the run folder (``pseudo-labels/``), so that
+``--resume`` continues on the same targets without segmenting again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cellcut.config import RefineConfig
+from cellcut.errors import CheckpointError, VolumeError
+from cellcut.io import Volume, atomic_output, check_volume_array, read_volume
+from cellcut.model import LoadedModel
+from cellcut.refinement.data import RefineVolume, prepare_volume
+from cellcut.refinement.targets import doubtful_objects, refine_targets
+from cellcut.runtime import resolve_device
+from cellcut.segmentation import segment
+from cellcut.segmentation.predict import resolve_model
+from cellcut.training.data import find_volumes, is_path
+
+Source = str | os.PathLike | np.ndarray | Volume
+"""An image or labels: a path, folder or glob, or an in-memory (z, y, x) array or Volume."""
+CACHE = "pseudo-labels"
+
+
+def expand(sources: Sequence[Source], what: str, channel: int | None = None) -> list[Volume]:
+    """Every volume named by ``sources`` (paths read lazily), in order."""
+    out: list[Volume] = []
+    for i, source in enumerate(sources):
+        if is_path(source):
+            out += [read_volume(p, channel=channel, lazy=True) for p in find_volumes([source])]
+        elif isinstance(source, Volume):
+            out.append(source)
+        else:
+            data = np.asarray(source)
+            check_volume_array(data, f"{what} array {i}")
+            out.append(Volume(data, None, f"{what} array {i}"))
+    return out
+
+
+def source_wnet(model: str | os.PathLike | None, device: str) -> LoadedModel:
+    """The W-Net whose instances become the targets (a refined model is refused)."""
+    wnet = resolve_model(model, resolve_device(device))
+    if wnet.kind != "wnet":
+        raise CheckpointError(
+            "cannot refine from this model",
+            "it is already a refined model",
+            "give the W-Net it came from (--from default, or a cellcut train run)",
+            file=wnet.source,
+        )
+    return wnet
+
+
+def pseudo_labelled(
+    images: Sequence[Source],
+    labels: Sequence[Source] | None,
+    model: str | os.PathLike | None,
+    cfg: RefineConfig,
+    run_dir: Path,
+    resume: bool = False,
+) -> tuple[list[RefineVolume], LoadedModel]:
+    """Every image prepared with its targets, and the W-Net (which sets the normalization)."""
+    wnet = source_wnet(model, cfg.device)
+    vols = expand(images, "image", cfg.channel)
+    given = expand(labels, "labels") if labels else None
+    if given is not None and len(given) != len(vols):
+        raise VolumeError(
+            "cannot refine",
+            f"{len(vols)} image(s) but {len(given)} label volume(s)",
+            "give one label volume per image, in the same order",
+        )
+    cache = run_dir / CACHE
+    if not resume:
+        shutil.rmtree(cache, ignore_errors=True)
+    out = []
+    for i, vol in enumerate(vols):
+        data = vol.numpy()
+        vs = cfg.voxel_size or vol.voxel_size
+        if given is not None:
+            lab, prob = _given_labels(given[i], data.shape), None
+        else:
+            lab, prob = _instances(data, vs, wnet, cfg, cache / f"{i:03d}")
+        target = refine_targets(
+            lab,
+            prob,
+            uncertain=cfg.uncertain,
+            shell=cfg.ignore_shell,
+            doubtful=doubtful_objects(lab, cfg.doubtful_ratio),
+        )
+        out.append(prepare_volume(Path(vol.source).name, data, target, vs, wnet.normalization))
+    return out, wnet
+
+
+def _given_labels(vol: Volume, shape: Sequence[int]) -> np.ndarray:
+    lab = vol.numpy()
+    if lab.shape != tuple(shape):
+        raise VolumeError(
+            "cannot refine",
+            f"labels of shape {lab.shape} for an image of shape {tuple(shape)}",
+            "give the labels made from that image",
+            file=vol.source,
+        )
+    if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
+        raise VolumeError(
+            "cannot refine",
+            "labels must be non-negative integers (0: background)",
+            "give an instance label volume",
+            file=vol.source,
+        )
+    return lab.astype(np.int32, copy=False)
+
+
+def _instances(
+    data: np.ndarray,
+    voxel_size: Sequence[float] | None,
+    wnet: LoadedModel,
+    cfg: RefineConfig,
+    stem: Path,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The W-Net's instances and probability of ``data`` (read from the cache when there)."""
+    paths = stem.with_suffix(".labels.npy"), stem.with_suffix(".probability.npy")
+    if all(p.exists() for p in paths):
+        lab, prob = (np.load(p) for p in paths)
+        if lab.shape == prob.shape == data.shape:
+            return lab, prob
+    result = segment(
+        data, None, model=wnet, voxel_size=voxel_size, device=cfg.device, keep_in_memory=True
+    )
+    assert result.labels is not None and result.probability is not None
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for path, array in zip(paths, (result.labels, result.probability), strict=True):
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, array)
+    return result.labels, result.probability

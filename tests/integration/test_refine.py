@@ -1,0 +1,134 @@
+"""cellcut refine: end to end (refine -> segment), resume, outputs, and bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellcut.cli import main
+from cellcut.errors import CellcutError, CheckpointError, ConfigError, VolumeError
+from cellcut.model import load_model
+from cellcut.refinement import refine
+from cellcut.segmentation import segment
+from cellcut.synthetic import make_nuclei_volume
+from tests.helpers import untrained_model
+
+TINY = dict(patch_size=(16, 24, 24), batch_size=1, base_width=2, depth=1, log_every=2,
+            checkpoint_every=3, progress=False, plots=True, minutes=None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refine")
+    v = make_nuclei_volume((16, 40, 40), seed=4, voxel_size=(1.5, 1, 1), radius_um=(3, 5))
+    tifffile.imwrite(folder / "img.tif", v.image)
+    tifffile.imwrite(folder / "lab.tif", v.labels)
+    return folder, v
+
+
+def test_refine_then_segment_with_the_refined_model(tmp_path, data):
+    folder, v = data
+    run = refine([folder / "img.tif"], tmp_path / "run", steps=4, voxel_size=v.voxel_size,
+                 **TINY)  # fmt: skip
+    assert run.step == 4 and run.stopped_by == "4 steps"
+    for name in ("checkpoint.pt", "refine.yaml", "metrics.csv", "losses.png", "preview.png"):
+        assert (run.run_dir / name).exists(), name
+    assert sorted(p.name for p in (run.run_dir / "pseudo-labels").iterdir()) == [
+        "000.labels.npy",
+        "000.probability.npy",
+    ]
+    with open(run.run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    model = load_model(run.run_dir)
+    assert model.kind == "refined" and model.normalization == "percentile"
+    result = segment(v.image, None, model=run.run_dir, voxel_size=v.voxel_size)
+    assert result.summary["instances_chosen"] == {"seeded": 1}
+    assert result.labels is not None and result.labels.shape == v.image.shape
+    # another instance method works on the refined model's foreground
+    other = segment(v.image, None, model=run.run_dir, voxel_size=v.voxel_size,
+                    instances="watershed")  # fmt: skip
+    assert "instances_chosen" not in other.summary
+
+
+def test_resume_continues_the_same_run(tmp_path, data):
+    folder, _ = data
+    out = tmp_path / "run"
+    refine([folder / "img.tif"], out, steps=3, labels=[folder / "lab.tif"], **TINY)
+    run = refine([folder / "img.tif"], out, steps=6, labels=[folder / "lab.tif"], resume=True,
+                 **TINY)  # fmt: skip
+    assert run.step == 6
+    with open(out / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 4, 6]
+    with pytest.raises(CellcutError, match="run folder in use"):
+        refine([folder / "img.tif"], out, steps=3, labels=[folder / "lab.tif"], **TINY)
+
+
+def test_cli_refine_and_segment(tmp_path, data, capsys):
+    folder, _ = data
+    run = tmp_path / "cli-run"
+    code = main(["refine", str(folder / "img.tif"), "--labels", str(folder / "lab.tif"),
+                 "--out", str(run), "--steps", "2", "--quiet", "--set", "base_width=2",
+                 "depth=1", "patch_size=[16,24,24]", "batch_size=1"])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert "cellcut segment IMAGE --model" in capsys.readouterr().out
+    out = tmp_path / "seg.tif"
+    assert main(["segment", str(folder / "img.tif"), "--model", str(run), "--out", str(out)]) == 0
+    assert tifffile.imread(out).shape == (16, 40, 40)
+
+
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_gives_one_line(tmp_path, data, capsys):
+    folder, _ = data
+    img, lab = str(folder / "img.tif"), str(folder / "lab.tif")
+    out = str(tmp_path / "r")
+    assert "no image" in one_line_error(capsys, ["refine", "--out", out])
+    assert "names no refine setting" in one_line_error(
+        capsys, ["refine", img, "--out", out, "--set", "lrr=1"]
+    )
+    assert "lr" in one_line_error(capsys, ["refine", img, "--out", out, "--set", "lr=-1"])
+    assert "uncertain" in one_line_error(
+        capsys, ["refine", img, "--out", out, "--set", "uncertain=[0.8,0.2]"]
+    )
+    assert "label volume" in one_line_error(
+        capsys, ["refine", img, img, "--labels", lab, "--out", out]
+    )
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((4, 8, 8), np.int32))
+    assert "shape" in one_line_error(
+        capsys, ["refine", img, "--labels", str(tmp_path / "small.tif"), "--out", out]
+    )
+    tifffile.imwrite(tmp_path / "float.tif", np.full((16, 40, 40), 0.5, np.float32))
+    assert "integers" in one_line_error(
+        capsys, ["refine", img, "--labels", str(tmp_path / "float.tif"), "--out", out]
+    )
+    assert "does not exist" in one_line_error(
+        capsys, ["refine", img, "--from", str(tmp_path / "none.pt"), "--out", out]
+    )
+
+
+def test_models_that_do_not_fit_are_refused(tmp_path, data):
+    folder, v = data
+    run = refine([folder / "img.tif"], tmp_path / "run", steps=1, labels=[folder / "lab.tif"],
+                 **TINY)  # fmt: skip
+    with pytest.raises(CheckpointError, match="already a refined model"):
+        refine([folder / "img.tif"], tmp_path / "again", model=run.run_dir, steps=1, **TINY)
+    from cellcut.training import train
+
+    with pytest.raises(CheckpointError, match="not a W-Net"):
+        train([folder / "img.tif"], tmp_path / "t", from_pretrained=run.run_dir,
+              overrides={"stop.steps": 1, "log.progress": False})  # fmt: skip
+    wnet = untrained_model(tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match="refined model"):
+        segment(v.image, None, model=wnet, instances="seeded")
+    with pytest.raises(VolumeError):
+        refine([folder / "img.tif"], tmp_path / "x", labels=[folder / "lab.tif"] * 2, **TINY)
