@@ -9,7 +9,9 @@ where present:
 - ``wnet``: ``cellcut.segment`` with the shipped model, default settings (zero-shot);
 - ``refined``: ``cellcut.refine`` on that volume from the shipped model for ``--minutes``
   (2 threads), then ``cellcut.segment`` with the refined model (default settings: its seeded
-  instances).
+  instances);
+- ``wnet+crf``, ``refined+crf``: the same two segmentations with ``crf=True`` (the dense CRF
+  on the foreground probability before instances).
 
 Scores: instance F1 at IoU 0.5 and foreground Dice against the ground truth (nuclei only). Also
 recorded: the refinement's steps and the seconds spent making its targets. Each volume is one
@@ -79,6 +81,8 @@ def one_volume(name: str, minutes: float, model: str, device: str) -> dict:
     row: dict = {"truth": int(truth.max())}
     result = segment(image, None, model=model, voxel_size=voxel_size, device=device)
     row["wnet"] = score(truth, result.labels)
+    result = segment(image, None, model=model, voxel_size=voxel_size, device=device, crf=True)
+    row["wnet+crf"] = score(truth, result.labels)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run = refine(
@@ -87,6 +91,9 @@ def one_volume(name: str, minutes: float, model: str, device: str) -> dict:
         )  # fmt: skip
         total = time.perf_counter() - t0
         refined = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device)
+        crf = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device,
+                      crf=True)  # fmt: skip
+    row["refined+crf"] = score(truth, crf.labels)
     row["refined"] = {
         **score(truth, refined.labels),
         "steps": run.step,
@@ -124,12 +131,13 @@ def speed(model: str, device: str) -> dict:
     return out
 
 
-def names(regimes, seeds, embryo: bool, artifacts: bool) -> list[str]:
+def names(regimes, seeds, embryo: bool, variants) -> list[str]:
     out = []
     for regime in regimes:
         for seed in seeds:
-            out.append(f"{regime}/{seed}")
-            if artifacts:
+            if "clean" in variants:
+                out.append(f"{regime}/{seed}")
+            if "artifacts" in variants:
                 out.append(f"{regime}/{seed}+artifacts")
     if embryo and (harness.SHARED / "data" / "embryo").exists():
         out += ["embryo-8cell", "embryo-16cell"]
@@ -168,13 +176,15 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--no-artifacts", action="store_true")
+    ap.add_argument(
+        "--variants", nargs="+", default=["clean", "artifacts"], choices=["clean", "artifacts"]
+    )
     ap.add_argument("--no-embryo", action="store_true")
     ap.add_argument("--speed", action="store_true", help="also measure inference speed")
     ap.add_argument("--out", default="refine", help="results name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
 
-    todo = names(args.regimes, args.seeds, not args.no_embryo, not args.no_artifacts)
+    todo = names(args.regimes, args.seeds, not args.no_embryo, args.variants)
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -194,13 +204,13 @@ def main() -> None:
         result["mean_f1_gain"] = round(sum(deltas) / len(deltas), 4)
         result["worst_f1_change"] = round(min(deltas), 4)
     harness.write_json(args.out, result)
+    sides = ("wnet", "wnet+crf", "refined", "refined+crf")
     table = [
-        [name, f"{r['wnet']['f1']:.2f}/{r['wnet']['dice']:.2f}",
-         f"{r['refined']['f1']:.2f}/{r['refined']['dice']:.2f}",
+        [name, *[f"{r[s]['f1']:.2f}/{r[s]['dice']:.2f}" for s in sides],
          f"{r['refined']['f1'] - r['wnet']['f1']:+.2f}", str(r["refined"]["steps"])]
         for name, r in rows.items()
     ]  # fmt: skip
-    print(harness.table(table, ["volume", "W-Net F1/Dice", "refined F1/Dice", "ΔF1", "steps"]))
+    print(harness.table(table, ["volume", *[f"{s} F1/Dice" for s in sides], "ΔF1", "steps"]))
     if deltas:
         print(f"mean ΔF1 {result['mean_f1_gain']:+.3f}, worst {result['worst_f1_change']:+.3f}")
     plot(rows, harness.ROOT / "docs" / f"{args.out}.png")
