@@ -132,15 +132,12 @@ def speed(model: str, device: str) -> dict:
 
 
 def names(regimes, seeds, embryo: bool, variants) -> list[str]:
-    out = []
-    for regime in regimes:
-        for seed in seeds:
-            if "clean" in variants:
-                out.append(f"{regime}/{seed}")
-            if "artifacts" in variants:
-                out.append(f"{regime}/{seed}+artifacts")
+    """The clean regimes, the embryo volumes, then the regimes with artifacts."""
+    out = [f"{r}/{s}" for r in regimes for s in seeds] if "clean" in variants else []
     if embryo and (harness.SHARED / "data" / "embryo").exists():
         out += ["embryo-8cell", "embryo-16cell"]
+    if "artifacts" in variants:
+        out += [f"{r}/{s}+artifacts" for r in regimes for s in seeds]
     return out
 
 
@@ -191,11 +188,12 @@ def main() -> None:
         futures = {
             pool.submit(one_volume, n, args.minutes, args.model, args.device): n for n in todo
         }
+        result = {"minutes": args.minutes, "model": args.model, "device": args.device,
+                  "jobs": args.jobs, "machine": harness.machine(), "rows": rows}  # fmt: skip
         for future, name in futures.items():
             rows[name] = future.result()
             print(f"[{time.perf_counter() - t0:6.0f} s] {name}: {rows[name]}", flush=True)
-    result = {"minutes": args.minutes, "model": args.model, "device": args.device,
-              "jobs": args.jobs, "machine": harness.machine(), "rows": rows}  # fmt: skip
+            harness.write_json(args.out, result)  # as it goes: a long run can be cut short
     if args.speed:
         result["speed"] = speed(args.model, args.device)
         print("speed:", result["speed"])
