@@ -28,7 +28,7 @@ def test_manifest_is_valid_and_contributes_widgets():
 
     manifest = npe2.PluginManifest.from_distribution("cellcut")
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Train", "Segment", "Evaluate"}
+    assert names == {"Train", "Refine", "Segment", "Evaluate"}
     assert manifest.contributions.sample_data[0].key == "mesospim"
 
 
@@ -65,6 +65,39 @@ def test_train_widget_short_run_and_stop(viewer, qtbot, tmp_path, errors):
     assert not errors
     assert widget.run is not None and widget.run.stopped_by == "stop requested"
     assert widget.run.step < 400 and (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_refine_widget_from_a_labels_layer_then_segment_with_it(viewer, qtbot, tmp_path, errors):
+    from cellcut.napari_plugin.widgets import RefineWidget, SegmentWidget
+
+    v = make_nuclei_volume((16, 32, 32), seed=1)
+    viewer.add_image(v.image, name="nuclei")
+    viewer.add_labels(v.labels, name="truth")
+    widget = RefineWidget(viewer)
+    widget.images.value = ["nuclei"]
+    widget.source.value = "labels layer"
+    widget.labels.value = "truth"
+    widget.out.value = str(tmp_path / "refined")
+    widget.start()
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.status.text().startswith("step"), timeout=120_000)
+    widget.request_stop()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert not errors
+    assert widget.run is not None and widget.run.stopped_by == "stop requested"
+    assert (tmp_path / "refined" / "checkpoint.pt").exists()
+    seg = SegmentWidget(viewer)
+    seg.image.value = "nuclei"
+    seg.model.value = "file or run folder"
+    seg.model_path.value = str(tmp_path / "refined")
+    seg.start()
+    qtbot.waitUntil(lambda: seg.worker is None, timeout=120_000)
+    assert not errors and seg.result is not None
+    assert seg.result.summary["instances_chosen"] == {"seeded": 1}
+    widget.source.value = "labels layer"
+    widget.images.value = []
+    widget.start()
+    assert errors and "no image layer" in errors[-1]
 
 
 def test_segment_then_evaluate(viewer, qtbot, errors):
@@ -132,10 +165,14 @@ def test_screenshot_after_segmenting_the_sample(viewer, qtbot, errors, tmp_path)
 
 
 def test_widgets_start_from_the_library_defaults(viewer):
-    from cellcut.config import SEGMENT_DEFAULTS, TrainConfig, apply_overrides
-    from cellcut.napari_plugin.widgets import SegmentWidget, TrainWidget
+    from cellcut.config import REFINE_DEFAULTS, SEGMENT_DEFAULTS, TrainConfig, apply_overrides
+    from cellcut.napari_plugin.widgets import RefineWidget, SegmentWidget, TrainWidget
 
+    refine = RefineWidget(viewer)
+    assert refine.minutes.value == REFINE_DEFAULTS.minutes
+    assert refine.artifacts.value == REFINE_DEFAULTS.artifacts
     seg = SegmentWidget(viewer)
+    assert seg.crf.value == SEGMENT_DEFAULTS.crf
     assert seg.method.value == SEGMENT_DEFAULTS.instances
     assert seg.spot_auto.value == (SEGMENT_DEFAULTS.spot_sigma == "auto")
     assert seg.outline_sigma.value == SEGMENT_DEFAULTS.outline_sigma

@@ -1,4 +1,5 @@
-"""The Train, Segment and Evaluate widgets (public napari, magicgui and qtpy APIs only)."""
+"""The Train, Refine, Segment and Evaluate widgets (public napari, magicgui and qtpy APIs
+only)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
 from cellcut.config import (
     INSTANCE_CHOICES,
     MANUAL_SPOT_SIGMA,
+    REFINE_DEFAULTS,
     SEGMENT_DEFAULTS,
     DataConfig,
     LossConfig,
@@ -368,6 +370,159 @@ class TrainWidget(QWidget):
         show_error(str(error) if isinstance(error, CellcutError) else f"training failed: {error}")
 
 
+class RefineWidget(QWidget):
+    """Train the supervised second stage on a W-Net's instances of image layers (or on a
+    Labels layer), with progress and stop; the run folder is then a model for Segment."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        d = REFINE_DEFAULTS
+        self.images = mw.Select(label="images", choices=self._image_names)
+        self.source = mw.ComboBox(
+            label="targets from",
+            choices=["default model", "W-Net file or run folder", "labels layer"],
+            value="default model",
+        )
+        self.model_path = mw.FileEdit(label="W-Net path", mode="r")
+        self.labels = mw.ComboBox(label="labels layer", choices=self._label_names)
+        self.minutes = mw.FloatSpinBox(label="minutes", value=d.minutes or 5.0, min=0.05,
+                                       max=100000)  # fmt: skip
+        self.artifacts = mw.FloatSpinBox(
+            label="patches with artifacts", value=d.artifacts, min=0, max=1, step=0.05
+        )
+        self.out = mw.FileEdit(
+            label="run folder", mode="d", value=str(Path(tempfile.gettempdir()) / "cellcut-refine")
+        )
+        self.form = mw.Container(widgets=[self.images, self.source, self.model_path, self.labels,
+                                          self.minutes, self.artifacts, self.out])  # fmt: skip
+        self.start_button = QPushButton("Start refining")
+        self.stop_button = QPushButton("Stop (keeps the last checkpoint)")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.status = QLabel("idle")
+        layout = QVBoxLayout(self)
+        for w in (self.form.native, self.start_button, self.stop_button, self.progress,
+                  self.status):  # fmt: skip
+            layout.addWidget(w)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.request_stop)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(lambda e: (self.images.reset_choices(), self.labels.reset_choices()))
+        self.queue: queue.Queue = queue.Queue()
+        self.stop_event = threading.Event()
+        self.timer = QTimer(self)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.drain)
+        self.worker = None
+        self.run = None
+
+    def _image_names(self, *_: Any) -> list[str]:
+        return [layer.name for layer in _layers(self.viewer, "image")]
+
+    def _label_names(self, *_: Any) -> list[str]:
+        return [layer.name for layer in _layers(self.viewer, "labels")]
+
+    def selected_layers(self) -> list:
+        names = set(self.images.value or [])
+        return [layer for layer in _layers(self.viewer, "image") if layer.name in names]
+
+    def _inputs(self) -> tuple[list[Volume], Any, list | None] | str:
+        """(volumes, W-Net, labels) from the form, or why they cannot be used."""
+        layers = self.selected_layers()
+        if not layers:
+            return "no image layer selected: choose the volumes to refine on"
+        for layer in layers:
+            problem = check_layer(layer) or check_voxel_size(tuple(layer.scale)[-3:])
+            if problem:
+                return problem
+        volumes = [Volume(layer.data, tuple(float(v) for v in layer.scale[-3:]), layer.name)
+                   for layer in layers]  # fmt: skip
+        labels = None
+        model: Any = "default"
+        if self.source.value == "W-Net file or run folder":
+            model = str(self.model_path.value)
+            if not Path(model).exists():
+                return "no W-Net chosen: pick a .pt file or a run folder"
+        elif self.source.value == "labels layer":
+            wanted = self.labels.value
+            chosen = [lay for lay in _layers(self.viewer, "labels") if lay.name == wanted]
+            if not chosen or len(layers) != 1:
+                return "labels layer: choose one Labels layer, for one image layer"
+            labels = [np.asarray(chosen[0].data)]
+        return volumes, model, labels
+
+    def start(self) -> None:
+        if self.worker is not None:
+            show_error("a refinement is already running")
+            return
+        inputs = self._inputs()
+        if isinstance(inputs, str):
+            show_error(inputs)
+            return
+        volumes, model, labels = inputs
+        settings = {"minutes": self.minutes.value, "artifacts": self.artifacts.value,
+                    "progress": False, "log_every": 5}  # fmt: skip
+        self.stop_event.clear()
+        self.progress.setValue(0)
+        callback = _QueueCallback(self.queue, self.stop_event)
+
+        def job():
+            from cellcut.refinement import refine
+
+            return refine(volumes, self.out.value, model=model, labels=labels,
+                          callbacks=[callback], overwrite=True, **settings)  # fmt: skip
+
+        self.worker = create_worker(job)
+        self.worker.returned.connect(self._finished)
+        self.worker.errored.connect(self._failed)
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText("segmenting with the W-Net, then refining…")
+        self.timer.start()
+        self.worker.start()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.status.setText("stopping after this step…")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                kind, payload = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "log":
+                done = payload["elapsed_s"] / (60 * self.minutes.value)
+                self.progress.setValue(min(100, int(100 * done)))
+                self.status.setText(
+                    f"step {payload['step']}: loss {payload['loss']:.4f}, agreement with the "
+                    f"targets {payload['accuracy']:.3f}"
+                )
+
+    def _finished(self, run) -> None:
+        self.drain()
+        self.timer.stop()
+        self.run = run
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.progress.setValue(100)
+        self.status.setText(
+            f"done: {run.step} steps ({run.stopped_by}); segment with the model {run.run_dir}"
+        )
+
+    def _failed(self, error: Exception) -> None:
+        self.drain()
+        self.timer.stop()
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.status.setText("failed")
+        show_error(str(error) if isinstance(error, CellcutError) else f"refine failed: {error}")
+
+
 class SegmentWidget(QWidget):
     """Segment an image layer: adds the probability and a Labels layer, shows per-cell stats."""
 
@@ -403,6 +558,7 @@ class SegmentWidget(QWidget):
         )
         self.min_volume.enabled = not volume_auto
         self.volume_auto.changed.connect(lambda v: setattr(self.min_volume, "enabled", not v))
+        self.crf = mw.CheckBox(label="dense CRF before instances", value=d.crf)
         self.form = mw.Container(
             widgets=[
                 self.image,
@@ -416,6 +572,7 @@ class SegmentWidget(QWidget):
                 self.outline_sigma,
                 self.volume_auto,
                 self.min_volume,
+                self.crf,
             ]
         )
         self.run_button = QPushButton("Segment")
@@ -476,6 +633,7 @@ class SegmentWidget(QWidget):
             spot_sigma="auto" if self.spot_auto.value else self.spot_sigma.value,
             outline_sigma=self.outline_sigma.value,
             min_volume="auto" if self.volume_auto.value else self.min_volume.value,
+            crf=self.crf.value,
             keep_in_memory=True,
         )
 
