@@ -464,7 +464,11 @@ def _models(args: argparse.Namespace) -> int:
     if not models:
         print("no models found")
     for m in models:
-        print(f"{m['name']}: {m['path']} ({m['size_mb']:.1f} MB, sha256 {m['sha256'][:12]}…)")
+        kind = {"wnet": "W-Net", "refined": "refined (cellcut refine)"}.get(m["kind"], m["kind"])
+        print(
+            f"{m['name']}: {kind}, {m['path']} ({m['size_mb']:.1f} MB, "
+            f"sha256 {m['sha256'][:12]}…)"
+        )
         if m.get("card"):
             for line in m["card"].splitlines():
                 print(f"    {line}")

@@ -132,3 +132,18 @@ def test_models_that_do_not_fit_are_refused(tmp_path, data):
         segment(v.image, None, model=wnet, instances="seeded")
     with pytest.raises(VolumeError):
         refine([folder / "img.tif"], tmp_path / "x", labels=[folder / "lab.tif"] * 2, **TINY)
+
+
+def test_a_refined_model_is_a_named_model_like_any_other(tmp_path, data, capsys, monkeypatch):
+    from cellcut.model import export_model
+
+    folder, v = data
+    run = refine([folder / "img.tif"], tmp_path / "run", steps=1, labels=[folder / "lab.tif"],
+                 **TINY)  # fmt: skip
+    export_model(run.checkpoint, tmp_path / "models" / "mine.pt", card="refined on img.tif")
+    monkeypatch.setenv("CELLCUT_MODELS", str(tmp_path / "models"))
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "mine: refined (cellcut refine)" in listed and "default: W-Net" in listed
+    result = segment(v.image, None, model="mine", voxel_size=v.voxel_size)
+    assert result.summary["instances_chosen"] == {"seeded": 1}

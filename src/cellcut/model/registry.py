@@ -103,6 +103,7 @@ def list_models() -> list[dict]:
             out.append(
                 {
                     "name": name,
+                    "kind": _kind(path),
                     "path": str(path),
                     "size_mb": path.stat().st_size / 2**20,
                     "sha256": sha256(path),
@@ -110,6 +111,15 @@ def list_models() -> list[dict]:
                 }
             )
     return out
+
+
+def _kind(path: Path) -> str:
+    """The network a model file holds (:data:`cellcut.model.checkpoint.KINDS`), or
+    "unreadable"."""
+    try:
+        return Checkpoint.load(path).kind
+    except CheckpointError:
+        return "unreadable"
 
 
 def export_model(checkpoint: str | os.PathLike, dest: str | os.PathLike, card: str = "") -> Path:
