@@ -43,8 +43,10 @@ SIDES = ("voronoi-otsu", "watershed", "zero-shot", "fine-tune", "scratch", "refe
 EMBRYO_VOXEL = (2.18, 1.0, 1.0)
 
 
-def volumes(regimes: list[str], seeds: list[int], embryo: bool):
-    """(name, image, labels, voxel size) for every regime and seed, then the embryo volumes."""
+def volumes(regimes: list[str], seeds: list[int], embryo: bool, artifacts: bool = False):
+    """(name, image, labels, voxel size) for every regime and seed (and, with ``artifacts``,
+    the same nuclei under every artifact of :data:`cellcut.artifacts.KINDS`), then the embryo
+    volumes."""
     import tifffile
 
     from cellcut.synthetic import regime_volume
@@ -53,6 +55,9 @@ def volumes(regimes: list[str], seeds: list[int], embryo: bool):
         for seed in seeds:
             v = regime_volume(name, seed)
             yield f"{name}/{seed}", v.image, v.labels, v.voxel_size
+            if artifacts:
+                v = regime_volume(name, seed, artifacts=True)
+                yield f"{name}/{seed}+artifacts", v.image, v.labels, v.voxel_size
     root = harness.SHARED / "data" / "embryo"
     if embryo and root.exists():
         for n in (8, 16):
@@ -154,13 +159,15 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--model", default="default")
     ap.add_argument("--no-embryo", action="store_true")
+    ap.add_argument("--artifacts", action="store_true", help="also each regime with artifacts")
     ap.add_argument("--device", default="cpu", help="where cellcut trains and segments")
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
 
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
-    for name, image, truth, voxel_size in volumes(args.regimes, args.seeds, not args.no_embryo):
+    every = volumes(args.regimes, args.seeds, not args.no_embryo, args.artifacts)
+    for name, image, truth, voxel_size in every:
         rows[name] = {}
         sides = list(args.sides)
         if "reference" not in sides and name.split("/")[0] in args.reference:
