@@ -466,8 +466,7 @@ def _models(args: argparse.Namespace) -> int:
     for m in models:
         kind = {"wnet": "W-Net", "refined": "refined (cellcut refine)"}.get(m["kind"], m["kind"])
         print(
-            f"{m['name']}: {kind}, {m['path']} ({m['size_mb']:.1f} MB, "
-            f"sha256 {m['sha256'][:12]}…)"
+            f"{m['name']}: {kind}, {m['path']} ({m['size_mb']:.1f} MB, sha256 {m['sha256'][:12]}…)"
         )
         if m.get("card"):
             for line in m["card"].splitlines():

@@ -8,7 +8,9 @@ should agree) and a *smoothness* kernel (near voxels should agree). Distances ar
 
 The kernels are truncated to a window of at most :data:`MAX_RADIUS` voxels per axis (two
 sigmas of the wider kernel, in µm, where the voxels are larger): the window keeps the work
-linear in the volume (no permutohedral lattice), at ~5 mean-field updates × 124 neighbours. Everything runs in PyTorch on the given device;
+linear in the volume (no permutohedral lattice), at 5 mean-field updates × up to 124
+neighbours. The weights are not normalized over the window, so on fine voxels (many neighbours
+within a sigma) the pairwise term weighs more. Everything runs in PyTorch on the given device;
 no pydensecrf.
 """
 

@@ -68,6 +68,33 @@ def test_resume_continues_the_same_run(tmp_path, data):
         refine([folder / "img.tif"], out, steps=3, labels=[folder / "lab.tif"], **TINY)
 
 
+def test_resume_is_exact(tmp_path, data):
+    import torch
+
+    folder, _ = data
+    args = dict(labels=[folder / "lab.tif"], **{**TINY, "plots": False})
+    from cellcut.training import TrainCallback
+
+    class StopAtThree(TrainCallback):  # an interruption: the budget stays 6 steps
+        def on_start(self, run):
+            self.run = run
+
+        def stop_requested(self):
+            return self.run.step >= 3
+
+    full = refine([folder / "img.tif"], tmp_path / "full", steps=6, **args)
+    part = refine([folder / "img.tif"], tmp_path / "part", steps=6, callbacks=[StopAtThree()],
+                  **args)  # fmt: skip
+    assert part.step == 3 and part.stopped_by == "stop requested"
+    resumed = refine([folder / "img.tif"], tmp_path / "part", steps=6, resume=True, **args)
+    assert resumed.step == 6
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    assert [r["loss"] for r in full.history] == pytest.approx([r["loss"] for r in resumed.history])
+
+
 def test_cli_refine_and_segment(tmp_path, data, capsys):
     folder, _ = data
     run = tmp_path / "cli-run"

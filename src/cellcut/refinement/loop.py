@@ -123,6 +123,7 @@ def refine(
         net = restored.build_model(str(run_dir))
         assert isinstance(net, RefinedNet3D)
     else:
+        torch.manual_seed(cfg.seed)  # the same seed, the same initial network
         net = RefinedNet3D(base_width=cfg.base_width, depth=cfg.depth)
     run = RefineRun(run_dir, cfg, net.to(device), wnet.source)
     loop = _Loop(run, volumes, wnet.normalization, wnet.input_scale, device, callbacks, restored)
