@@ -209,20 +209,54 @@ def distance_watershed(
     return watershed(-dist, markers, mask=m).astype(np.int32)
 
 
+MIN_BOUNDARY_VOXELS = 4.0
+"""A refined model's one-voxel boundary is drawn along an axis only where the typical nucleus
+radius spans this many voxels of it (and always along the finest axes): a boundary one coarse
+z-step thick would take most of a thin nucleus (on the small-nuclei regime, 3 µm z-steps and
+radius 2.5-3 µm, 98% of the nuclei's voxels instead of 62%)."""
+
+
+def boundary_axes(
+    voxel_size: Sequence[float] | None, radius: float | None = None
+) -> tuple[bool, bool, bool]:
+    """The axes along which a refined model's boundary is drawn (:data:`MIN_BOUNDARY_VOXELS`),
+    given the typical nucleus radius (µm); all three without a voxel size or a radius."""
+    if not voxel_size or not radius:
+        return (True, True, True)
+    finest = min(voxel_size)
+    axes = tuple(v == finest or radius / v >= MIN_BOUNDARY_VOXELS for v in voxel_size)
+    return axes  # type: ignore[return-value]
+
+
+def cross(axes: Sequence[bool]) -> np.ndarray:
+    """The 3×3×3 structuring element of the centre and its neighbours along ``axes``."""
+    se = np.zeros((3, 3, 3), dtype=bool)
+    se[1, 1, 1] = True
+    for axis, used in enumerate(axes):
+        if used:
+            index = [1, 1, 1]
+            for i in (0, 2):
+                index[axis] = i
+                se[tuple(index)] = True
+    return se
+
+
 def seeded_watershed(
     foreground: np.ndarray,
     interior: np.ndarray,
     min_distance: float = 2.0,
     voxel_size: Sequence[float] | None = None,
     min_seed: float = 0.0,
+    radius: float | None = None,
 ) -> np.ndarray:
     """Instances of a refined model's output, the inverse of its targets
     (:mod:`cellcut.refinement.targets`: a nucleus is its interior plus a one-voxel boundary).
 
     The interior mask (``interior > 0.5``) is split at its necks by :func:`distance_watershed`
     (seeds ``min_distance`` apart; seeds under ``min_seed`` µm³, or voxels, dropped); each
-    interior then grows by one voxel (6-neighbours) into ``foreground > 0.5``, neighbours
-    meeting where the interior probability is lowest; foreground components that hold no
+    interior then grows by one voxel (along :func:`boundary_axes` of the typical ``radius``,
+    µm, as the targets were drawn) into ``foreground > 0.5``,
+    neighbours meeting where the interior probability is lowest; foreground components that hold no
     interior become instances of their own (nuclei too small to have one).
     """
     from skimage.segmentation import watershed
@@ -231,8 +265,8 @@ def seeded_watershed(
     inner = np.asarray(interior, dtype=np.float32)
     seeds = distance_watershed((inner > 0.5) & mask, min_distance, voxel_size)
     seeds = filter_sizes(seeds, min_seed, None, voxel_size, in_place=True)
-    six = ndi.generate_binary_structure(3, 1)
-    zone = (ndi.binary_dilation(seeds > 0, six) & mask) | (seeds > 0)
+    step = cross(boundary_axes(voxel_size, radius))
+    zone = (ndi.binary_dilation(seeds > 0, step) & mask) | (seeds > 0)
     labels = watershed(-inner, seeds, mask=zone).astype(np.int32)
     parts = connected_components(mask)
     seeded = np.zeros(int(parts.max()) + 1, dtype=bool)
@@ -313,6 +347,7 @@ def instances(
     min_volume: float = 0.0,
     max_volume: float | None = None,
     interior: np.ndarray | None = None,
+    object_radius: float | None = None,
 ) -> np.ndarray:
     """Instance labels from a probability map (``probability=True``) or a raw image.
 
@@ -336,7 +371,8 @@ def instances(
     interior
         A refined model's interior probability (same shape): ``seeded`` (and ``auto``) split
         and grow its interiors over ``image`` (:func:`seeded_watershed`, seeds
-        ``min_distance`` apart and of a quarter of ``min_volume`` or more).
+        ``min_distance`` apart and of a quarter of ``min_volume`` or more), its boundary's
+        axes set by ``object_radius`` (µm; :func:`boundary_axes`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -346,7 +382,9 @@ def instances(
     if method == "seeded" or (method == "auto" and interior is not None):
         if interior is None:
             raise ValueError("method 'seeded' needs a refined model's interior probability")
-        labels = seeded_watershed(img, interior, min_distance, voxel_size, 0.25 * min_volume)
+        labels = seeded_watershed(
+            img, interior, min_distance, voxel_size, 0.25 * min_volume, object_radius
+        )
         return filter_sizes(labels, min_volume, max_volume, voxel_size, in_place=True)
     if method == "auto":
         return choose_instances(

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from cellcut.artifacts import KINDS, apply_artifacts
 from cellcut.losses import dice_ce_loss
 from cellcut.model import Checkpoint, RefinedNet3D, load_model
-from cellcut.postprocess import instances, seeded_watershed
+from cellcut.postprocess import boundary_axes, cross, instances, seeded_watershed
 from cellcut.refinement.targets import (
     BACKGROUND,
     BOUNDARY,
@@ -39,6 +39,20 @@ def test_targets_of_touching_boxes():
     # interior = the boxes eroded by one voxel (6-connectivity)
     assert (t == INTERIOR).sum() == 2 * (4 * 6 * 4)
     assert ((t == BOUNDARY) | (t == INTERIOR)).sum() == (lab > 0).sum()
+
+
+def test_boundaries_skip_axes_the_nuclei_are_thin_along():
+    assert boundary_axes((3.0, 1.0, 1.0), radius=3.0) == (False, True, True)
+    assert boundary_axes((0.3, 0.13, 0.13), radius=1.3) == (True, True, True)
+    assert boundary_axes((3.0, 1.0, 1.0), radius=None) == (True, True, True)
+    lab = two_touching_boxes()  # 6 planes thick along z
+    coarse = refine_targets(lab, shell=False, doubtful=[], voxel_size=(3, 1, 1), radius=3.0)
+    fine = refine_targets(lab, shell=False, doubtful=[])
+    assert coarse[2, 5, 4] == INTERIOR and fine[2, 5, 4] == BOUNDARY  # the top plane
+    assert coarse[4, 5, 7] == BOUNDARY == coarse[4, 5, 8]  # the contact is still parted
+    assert (coarse == INTERIOR).sum() == 2 * (6 * 6 * 4)
+    shell = refine_targets(lab, doubtful=[], voxel_size=(3, 1, 1), radius=3.0)
+    assert shell[1, 5, 4] == BACKGROUND and shell[4, 5, 1] == IGNORE
 
 
 def test_shell_uncertain_and_doubtful_are_ignored():
@@ -129,6 +143,11 @@ def test_seeded_watershed_splits_touching_and_keeps_seedless():
     # through instances(): a size floor removes the small seedless one; W-Net input is refused
     assert instances(foreground, "seeded", interior=interior, min_volume=200).max() == 2
     assert instances(foreground, "auto", interior=interior).max() == 3
+    # with coarse z-steps the interiors grow in (y, x) only, as such targets were drawn
+    flat = seeded_watershed(foreground, interior, voxel_size=(3.0, 1.0, 1.0), radius=3.0)
+    core = ball(shape, (10, 20, 12), 4)
+    ring = ndi.binary_dilation(core, cross((False, True, True)))
+    assert (flat == flat[10, 20, 12]).sum() == ring.sum()
     with pytest.raises(ValueError, match="refined"):
         instances(foreground, "seeded")
 

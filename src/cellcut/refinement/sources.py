@@ -17,6 +17,7 @@ import numpy as np
 
 from cellcut.config import RefineConfig
 from cellcut.errors import CheckpointError, VolumeError
+from cellcut.fingerprint import measure
 from cellcut.io import Volume, atomic_output, check_volume_array, read_volume
 from cellcut.model import LoadedModel
 from cellcut.refinement.data import RefineVolume, prepare_volume
@@ -94,6 +95,8 @@ def pseudo_labelled(
             uncertain=cfg.uncertain,
             shell=cfg.ignore_shell,
             doubtful=doubtful_objects(lab, cfg.doubtful_ratio),
+            voxel_size=vs,
+            radius=measure(data, vs).object_radius,
         )
         out.append(prepare_volume(Path(vol.source).name, data, target, vs, wnet.normalization))
     return out, wnet

@@ -3,13 +3,15 @@
 Every voxel gets one of three classes (:data:`cellcut.model.REFINED_CLASSES`) or "ignore":
 
 - **interior** (2): inside a pseudo-instance, not on its surface;
-- **boundary** (1): the instance's own surface voxels (6-neighbours of another label or of the
-  background), so that touching nuclei are separated by a boundary on each side;
+- **boundary** (1): the instance's own surface voxels (neighbours of another label or of the
+  background along the axes of :func:`cellcut.postprocess.boundary_axes`: all three, or not z
+  where the nuclei are only a few z-steps thick), so that touching nuclei are separated by a
+  boundary on each side;
 - **background** (0): the rest;
 - **ignore** (:data:`IGNORE`): what the W-Net was unsure of, which the loss skips rather than
   learns: voxels whose foreground probability lies in the uncertain band, the one-voxel shell
-  just outside each instance (where a pseudo-outline is least precise), and the whole of
-  doubtful instances (:func:`doubtful_objects`: far smaller or larger than the typical one,
+  just outside each instance along the same axes (where a pseudo-outline is least precise),
+  and the whole of doubtful instances (:func:`doubtful_objects`: far smaller or larger than the typical one,
   likely specks or merged clusters) with their shell.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellcut.postprocess import label_sizes
+from cellcut.postprocess import boundary_axes, cross, label_sizes
 
 BACKGROUND, BOUNDARY, INTERIOR = 0, 1, 2
 IGNORE = 255
@@ -43,11 +45,12 @@ def doubtful_objects(labels: np.ndarray, ratio: float = DOUBTFUL_SIZE_RATIO) -> 
     return ids[off]
 
 
-def inner_boundary(labels: np.ndarray) -> np.ndarray:
-    """Voxels of an instance with a 6-neighbour of another value (label or background)."""
+def inner_boundary(labels: np.ndarray, axes: Sequence[bool] = (True, True, True)) -> np.ndarray:
+    """Voxels of an instance with a neighbour along ``axes`` of another value (label or
+    background)."""
     lab = np.asarray(labels)
     edge = np.zeros(lab.shape, dtype=bool)
-    for axis in range(lab.ndim):
+    for axis in [a for a in range(lab.ndim) if axes[a]]:
         lo = [slice(None)] * lab.ndim
         hi = [slice(None)] * lab.ndim
         lo[axis], hi[axis] = slice(None, -1), slice(1, None)
@@ -64,6 +67,8 @@ def refine_targets(
     uncertain: Sequence[float] | None = (0.3, 0.7),
     shell: bool = True,
     doubtful: Sequence[int] | np.ndarray | None = None,
+    voxel_size: Sequence[float] | None = None,
+    radius: float | None = None,
 ) -> np.ndarray:
     """(z, y, x) uint8 targets: 0 background, 1 boundary, 2 interior, :data:`IGNORE`.
 
@@ -78,6 +83,9 @@ def refine_targets(
         Ignore the one-voxel shell just outside every instance.
     doubtful
         Instance ids to ignore whole, with their shell; None: :func:`doubtful_objects`.
+    voxel_size, radius
+        (z, y, x) µm and the typical nucleus radius, µm: set the axes of boundaries and shells
+        (:func:`cellcut.postprocess.boundary_axes`); None: all three.
     """
     lab = np.asarray(labels)
     if lab.ndim != 3:
@@ -85,16 +93,17 @@ def refine_targets(
     fg = lab > 0
     target = np.full(lab.shape, BACKGROUND, dtype=np.uint8)
     target[fg] = INTERIOR
-    target[inner_boundary(lab)] = BOUNDARY
-    six = ndi.generate_binary_structure(3, 1)
+    axes = boundary_axes(voxel_size, radius)
+    target[inner_boundary(lab, axes)] = BOUNDARY
+    step = cross(axes)
     if shell:
-        target[ndi.binary_dilation(fg, six) & ~fg] = IGNORE
+        target[ndi.binary_dilation(fg, step) & ~fg] = IGNORE
     ids = doubtful_objects(lab) if doubtful is None else np.asarray(doubtful, dtype=np.int64)
     if len(ids):
         lut = np.zeros(int(lab.max()) + 1, dtype=bool)
         lut[ids[(ids > 0) & (ids < len(lut))]] = True
         bad = lut[lab]
-        target[ndi.binary_dilation(bad, six) if shell else bad] = IGNORE
+        target[ndi.binary_dilation(bad, step) if shell else bad] = IGNORE
     if probability is not None and uncertain is not None:
         low, high = uncertain
         p = np.asarray(probability)

@@ -229,6 +229,8 @@ def _label(
         options["min_volume"] = fingerprint.speck_volume()
     if options["min_distance"] == "auto":
         options["min_distance"] = fingerprint.seed_distance()
+    if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
+        options["object_radius"] = fingerprint.object_radius
     labelling = label_blocks(
         prob,
         labels,
