@@ -11,8 +11,8 @@ Every voxel gets one of three classes (:data:`cellcut.model.REFINED_CLASSES`) or
 - **ignore** (:data:`IGNORE`): what the W-Net was unsure of, which the loss skips rather than
   learns: voxels whose foreground probability lies in the uncertain band, the one-voxel shell
   just outside each instance along the same axes (where a pseudo-outline is least precise),
-  and the whole of doubtful instances (:func:`doubtful_objects`: far smaller or larger than the typical one,
-  likely specks or merged clusters) with their shell.
+  and the whole of doubtful instances (:func:`doubtful_objects`: far smaller or larger than
+  the typical one, likely specks or merged clusters) with their shell.
 """
 
 from __future__ import annotations
