@@ -70,6 +70,20 @@ def _add_segment_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=name, default=default, help=help_text, **kwargs)
 
 
+def _add_run_flags(p: argparse.ArgumentParser, set_help: str) -> None:
+    """The flags ``train`` and ``refine`` share."""
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    p.add_argument("--channel", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument(
+        "--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE", help=set_help
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _segment_settings(args: argparse.Namespace) -> dict[str, object]:
     return {name: getattr(args, name) for name in _SEGMENT_FLAGS}
 
@@ -109,23 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--epochs", type=int, help="stop after this many epochs")
     limit.add_argument("--steps", type=int, help="stop after this many steps")
     p.add_argument("--from-pretrained", metavar="default|PATH", help="start from these weights")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
-    p.add_argument("--channel", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--val-labels", nargs="+", help="label volumes for validation Dice/F1")
     p.add_argument("--val-images", nargs="+", help="images of --val-labels (default: IMAGES)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any setting, e.g. loss.spatial_sigma=3 optimizer.lr=3e-4",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_flags(p, "any setting, e.g. loss.spatial_sigma=3 optimizer.lr=3e-4")
 
     p = sub.add_parser(
         "refine",
@@ -147,21 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--minutes", type=float, help="stop after this much training time")
     limit.add_argument("--steps", type=int, help="stop after this many steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"))
-    p.add_argument("--channel", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any setting of cellcut.config.RefineConfig, e.g. lr=1e-3 artifacts=0.8",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_flags(p, "any setting of cellcut.config.RefineConfig, e.g. lr=1e-3 artifacts=0.8")
 
     p = sub.add_parser("segment", help="segment a volume: labels, statistics, overview picture")
     p.add_argument("image")

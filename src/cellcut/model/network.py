@@ -222,9 +222,46 @@ class WNetOutput(NamedTuple):
 
 
 class _PaddedNet(nn.Module):
-    """Pads inputs to a multiple of 2^depth (by reflection) and crops outputs back."""
+    """What both networks share: an architecture from a preset and overrides, inputs padded to a
+    multiple of 2^depth (by reflection) and outputs cropped back, and a classifying U-Net
+    (:meth:`classifier`) whose softmax is :meth:`encode`."""
 
     arch: WNetArchitecture
+
+    @staticmethod
+    def _architecture(
+        preset: str, overrides: dict[str, Any], name: str, **fixed: Any
+    ) -> WNetArchitecture:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        unknown = set(overrides) - set(asdict(PRESETS[preset]))
+        if unknown:
+            raise ValueError(f"unknown {name} argument(s): {sorted(unknown)}")
+        arch = WNetArchitecture(**{**asdict(PRESETS[preset]), **overrides, **fixed})
+        _validate(arch)
+        return arch
+
+    @classmethod
+    def from_architecture(cls, arch: WNetArchitecture | dict) -> Any:
+        fields = asdict(arch) if isinstance(arch, WNetArchitecture) else dict(arch)
+        return cls("compact", **fields)
+
+    @property
+    def n_classes(self) -> int:
+        return self.arch.n_classes
+
+    def classifier(self) -> nn.Module:
+        """The U-Net from the image to class scores."""
+        raise NotImplementedError
+
+    def encode_logits(self, x: Tensor) -> Tensor:
+        """Class scores before the softmax, (N, K, *S)."""
+        xp, pads = self._pad(x)
+        return self._crop(self.classifier()(xp), pads)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Class probabilities (N, K, *S) of an image (N, 1, *S): what inference needs."""
+        return torch.softmax(self.encode_logits(x), dim=1)
 
     def _pad(self, x: Tensor) -> tuple[Tensor, Sequence[int]]:
         if x.ndim != 5:
@@ -270,37 +307,14 @@ class WNet3D(_PaddedNet):
 
     def __init__(self, preset: str = "compact", **overrides: Any) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        fields = {**asdict(PRESETS[preset]), **overrides}
-        unknown = set(overrides) - set(asdict(PRESETS[preset]))
-        if unknown:
-            raise ValueError(f"unknown WNet3D argument(s): {sorted(unknown)}")
-        arch = WNetArchitecture(**fields)
-        _validate(arch)
-        self.arch = arch
+        self.arch = arch = self._architecture(preset, overrides, "WNet3D")
         self.encoder = UNet3D(arch, arch.in_channels, arch.n_classes)
         self.decoder = UNet3D(arch, arch.n_classes, arch.out_channels)
         # channels-last 3D: oneDNN's CPU convolutions ran 1.3x faster this way (measured once)
         self.to(memory_format=torch.channels_last_3d)
 
-    @classmethod
-    def from_architecture(cls, arch: WNetArchitecture | dict) -> WNet3D:
-        fields = asdict(arch) if isinstance(arch, WNetArchitecture) else dict(arch)
-        return cls("compact", **fields)
-
-    @property
-    def n_classes(self) -> int:
-        return self.arch.n_classes
-
-    def encode_logits(self, x: Tensor) -> Tensor:
-        """Class scores before the softmax, (N, K, *S)."""
-        xp, pads = self._pad(x)
-        return self._crop(self.encoder(xp), pads)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Soft classes (N, K, *S) of an image (N, 1, *S): what inference needs."""
-        return torch.softmax(self.encode_logits(x), dim=1)
+    def classifier(self) -> nn.Module:
+        return self.encoder
 
     def forward(self, x: Tensor) -> WNetOutput:
         xp, pads = self._pad(x)
@@ -323,35 +337,13 @@ class RefinedNet3D(_PaddedNet):
 
     def __init__(self, preset: str = "compact", **overrides: Any) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        unknown = set(overrides) - set(asdict(PRESETS[preset]))
-        if unknown:
-            raise ValueError(f"unknown RefinedNet3D argument(s): {sorted(unknown)}")
-        fields = {**asdict(PRESETS[preset]), **overrides, "n_classes": len(REFINED_CLASSES)}
-        arch = WNetArchitecture(**fields)
-        _validate(arch)
-        self.arch = arch
+        fixed = {"n_classes": len(REFINED_CLASSES)}
+        self.arch = arch = self._architecture(preset, overrides, "RefinedNet3D", **fixed)
         self.net = UNet3D(arch, arch.in_channels, arch.n_classes)
         self.to(memory_format=torch.channels_last_3d)
 
-    @classmethod
-    def from_architecture(cls, arch: WNetArchitecture | dict) -> RefinedNet3D:
-        fields = asdict(arch) if isinstance(arch, WNetArchitecture) else dict(arch)
-        return cls("compact", **fields)
-
-    @property
-    def n_classes(self) -> int:
-        return self.arch.n_classes
-
-    def encode_logits(self, x: Tensor) -> Tensor:
-        """Class scores before the softmax, (N, 3, *S)."""
-        xp, pads = self._pad(x)
-        return self._crop(self.net(xp), pads)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """Class probabilities (N, 3, *S) of an image (N, 1, *S)."""
-        return torch.softmax(self.encode_logits(x), dim=1)
+    def classifier(self) -> nn.Module:
+        return self.net
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encode_logits(x)

@@ -124,8 +124,87 @@ class _LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
-class TrainWidget(QWidget):
+class _RunWidget(QWidget):
+    """A long run (training, refinement) in a worker thread: start and stop buttons, a progress
+    bar and a status line; the run's callback fills a queue that :meth:`drain` empties on a
+    timer in the GUI thread, handing each message to :meth:`on_message`."""
+
+    failure = "run failed"
+
+    def _init_run(self, start_text: str) -> None:
+        self.start_button = QPushButton(start_text)
+        self.stop_button = QPushButton("Stop (keeps the last checkpoint)")
+        self.stop_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("idle")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.request_stop)
+        self.queue: queue.Queue = queue.Queue()
+        self.stop_event = threading.Event()
+        self.timer = QTimer(self)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.drain)
+        self.worker = None
+        self.run = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def callback(self) -> _QueueCallback:
+        """A fresh callback for the next run (a stop request cleared)."""
+        self.stop_event.clear()
+        return _QueueCallback(self.queue, self.stop_event)
+
+    def launch(self, job: Any, status: str) -> None:
+        self.worker = create_worker(job)
+        self.worker.returned.connect(self._finished)
+        self.worker.errored.connect(self._failed)
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText(status)
+        self.timer.start()
+        self.worker.start()
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.status.setText("stopping after this step…")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                kind, payload = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.on_message(kind, payload)
+
+    def on_message(self, kind: str, payload: Any) -> None:
+        """One message of the run's callback ("start", "log", "diagnosis")."""
+
+    def done_text(self, run: Any) -> str:
+        return f"done: {run.step} steps ({run.stopped_by})"
+
+    def _settle(self) -> None:
+        self.drain()
+        self.timer.stop()
+        self.worker = None
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+
+    def _finished(self, run) -> None:
+        self._settle()
+        self.run = run
+        self.status.setText(self.done_text(run))
+
+    def _failed(self, error: Exception) -> None:
+        self._settle()
+        self.status.setText("failed")
+        show_error(str(error) if isinstance(error, CellcutError) else f"{self.failure}: {error}")
+
+
+class TrainWidget(_RunWidget):
     """Train or fine-tune a W-Net on image layers, with live losses and diagnostics."""
+
+    failure = "training failed"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -195,11 +274,7 @@ class TrainWidget(QWidget):
                 self.out,
             ]
         )
-        self.start_button = QPushButton("Start training")
-        self.stop_button = QPushButton("Stop (keeps the last checkpoint)")
-        self.stop_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.status = QLabel("idle")
+        self._init_run("Start training")
         self.plot = _LossPlot()
         self.messages = QTextEdit()
         self.messages.setReadOnly(True)
@@ -214,18 +289,9 @@ class TrainWidget(QWidget):
             self.messages,
         ):
             layout.addWidget(w)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.request_stop)
         self.suggest.changed.connect(self.suggest_sigma)
         self.viewer.layers.events.inserted.connect(lambda e: self.images.reset_choices())
         self.viewer.layers.events.removed.connect(lambda e: self.images.reset_choices())
-        self.queue: queue.Queue = queue.Queue()
-        self.stop_event = threading.Event()
-        self.timer = QTimer(self)
-        self.timer.setInterval(200)
-        self.timer.timeout.connect(self.drain)
-        self.worker = None
-        self.run = None
         self.total = 0
 
     def _image_names(self, *_: Any) -> list[str]:
@@ -302,12 +368,11 @@ class TrainWidget(QWidget):
             "scratch": None,
             "file": str(self.pretrained_file.value),
         }[self.pretrained.value]
-        self.stop_event.clear()
         self.plot.records.clear()
         self.total = int(self.amount.value) if self.limit.value == "steps" else 0
         self.progress.setRange(0, self.total)
         self.messages.clear()
-        callback = _QueueCallback(self.queue, self.stop_event)
+        callback = self.callback()
 
         def job():
             from cellcut.training import train
@@ -321,58 +386,29 @@ class TrainWidget(QWidget):
                 overwrite=True,
             )
 
-        self.worker = create_worker(job)
-        self.worker.returned.connect(self._finished)
-        self.worker.errored.connect(self._failed)
-        self.start_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        self.status.setText("training…")
-        self.timer.start()
-        self.worker.start()
+        self.launch(job, "training…")
 
-    def request_stop(self) -> None:
-        self.stop_event.set()
-        self.status.setText("stopping after this step…")
+    def on_message(self, kind: str, payload: Any) -> None:
+        if kind == "log":
+            self.plot.add(payload)
+            self.progress.setValue(int(payload["step"]) if self.total else 0)
+            self.status.setText(
+                f"step {payload['step']}: N-cut {payload['ncut']:.4f}, "
+                f"reconstruction {payload['reconstruction']:.4g}"
+            )
+        elif kind == "diagnosis":
+            self.messages.append(payload)
+            show_info(payload)
 
-    def drain(self) -> None:
-        while True:
-            try:
-                kind, payload = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "log":
-                self.plot.add(payload)
-                self.progress.setValue(int(payload["step"]) if self.total else 0)
-                self.status.setText(
-                    f"step {payload['step']}: N-cut {payload['ncut']:.4f}, "
-                    f"reconstruction {payload['reconstruction']:.4g}"
-                )
-            elif kind == "diagnosis":
-                self.messages.append(payload)
-                show_info(payload)
-
-    def _finished(self, run) -> None:
-        self.drain()
-        self.timer.stop()
-        self.run = run
-        self.worker = None
-        self.start_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        self.status.setText(f"done: {run.step} steps ({run.stopped_by}); model in {run.checkpoint}")
-
-    def _failed(self, error: Exception) -> None:
-        self.drain()
-        self.timer.stop()
-        self.worker = None
-        self.start_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        self.status.setText("failed")
-        show_error(str(error) if isinstance(error, CellcutError) else f"training failed: {error}")
+    def done_text(self, run: Any) -> str:
+        return f"done: {run.step} steps ({run.stopped_by}); model in {run.checkpoint}"
 
 
-class RefineWidget(QWidget):
+class RefineWidget(_RunWidget):
     """Train the supervised second stage on a W-Net's instances of image layers (or on a
     Labels layer), with progress and stop; the run folder is then a model for Segment."""
+
+    failure = "refine failed"
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
@@ -396,27 +432,14 @@ class RefineWidget(QWidget):
         )
         self.form = mw.Container(widgets=[self.images, self.source, self.model_path, self.labels,
                                           self.minutes, self.artifacts, self.out])  # fmt: skip
-        self.start_button = QPushButton("Start refining")
-        self.stop_button = QPushButton("Stop (keeps the last checkpoint)")
-        self.stop_button.setEnabled(False)
-        self.progress = QProgressBar()
+        self._init_run("Start refining")
         self.progress.setRange(0, 100)
-        self.status = QLabel("idle")
         layout = QVBoxLayout(self)
         for w in (self.form.native, self.start_button, self.stop_button, self.progress,
                   self.status):  # fmt: skip
             layout.addWidget(w)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.request_stop)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(lambda e: (self.images.reset_choices(), self.labels.reset_choices()))
-        self.queue: queue.Queue = queue.Queue()
-        self.stop_event = threading.Event()
-        self.timer = QTimer(self)
-        self.timer.setInterval(200)
-        self.timer.timeout.connect(self.drain)
-        self.worker = None
-        self.run = None
 
     def _image_names(self, *_: Any) -> list[str]:
         return [layer.name for layer in _layers(self.viewer, "image")]
@@ -464,9 +487,8 @@ class RefineWidget(QWidget):
         volumes, model, labels = inputs
         settings = {"minutes": self.minutes.value, "artifacts": self.artifacts.value,
                     "progress": False, "log_every": 5}  # fmt: skip
-        self.stop_event.clear()
         self.progress.setValue(0)
-        callback = _QueueCallback(self.queue, self.stop_event)
+        callback = self.callback()
 
         def job():
             from cellcut.refinement import refine
@@ -474,53 +496,20 @@ class RefineWidget(QWidget):
             return refine(volumes, self.out.value, model=model, labels=labels,
                           callbacks=[callback], overwrite=True, **settings)  # fmt: skip
 
-        self.worker = create_worker(job)
-        self.worker.returned.connect(self._finished)
-        self.worker.errored.connect(self._failed)
-        self.start_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        self.status.setText("segmenting with the W-Net, then refining…")
-        self.timer.start()
-        self.worker.start()
+        self.launch(job, "segmenting with the W-Net, then refining…")
 
-    def request_stop(self) -> None:
-        self.stop_event.set()
-        self.status.setText("stopping after this step…")
+    def on_message(self, kind: str, payload: Any) -> None:
+        if kind == "log":
+            done = payload["elapsed_s"] / (60 * self.minutes.value)
+            self.progress.setValue(min(100, int(100 * done)))
+            self.status.setText(
+                f"step {payload['step']}: loss {payload['loss']:.4f}, agreement with the "
+                f"targets {payload['accuracy']:.3f}"
+            )
 
-    def drain(self) -> None:
-        while True:
-            try:
-                kind, payload = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "log":
-                done = payload["elapsed_s"] / (60 * self.minutes.value)
-                self.progress.setValue(min(100, int(100 * done)))
-                self.status.setText(
-                    f"step {payload['step']}: loss {payload['loss']:.4f}, agreement with the "
-                    f"targets {payload['accuracy']:.3f}"
-                )
-
-    def _finished(self, run) -> None:
-        self.drain()
-        self.timer.stop()
-        self.run = run
-        self.worker = None
-        self.start_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
+    def done_text(self, run: Any) -> str:
         self.progress.setValue(100)
-        self.status.setText(
-            f"done: {run.step} steps ({run.stopped_by}); segment with the model {run.run_dir}"
-        )
-
-    def _failed(self, error: Exception) -> None:
-        self.drain()
-        self.timer.stop()
-        self.worker = None
-        self.start_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        self.status.setText("failed")
-        show_error(str(error) if isinstance(error, CellcutError) else f"refine failed: {error}")
+        return f"done: {run.step} steps ({run.stopped_by}); segment with the model {run.run_dir}"
 
 
 class SegmentWidget(QWidget):
