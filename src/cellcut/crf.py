@@ -30,11 +30,15 @@ MAX_RADIUS = 2
 """Defaults: mean-field updates, kernel widths (µm), and the window's reach per axis (voxels)."""
 
 
-def window_radius(voxel_size: Sequence[float] | None) -> list[int]:
+def window_radius(
+    voxel_size: Sequence[float] | None,
+    spatial_um: float = SPATIAL_UM,
+    smoothness_um: float = SMOOTHNESS_UM,
+) -> list[int]:
     """Voxels per axis the kernels reach: two of the wider kernel's sigmas, at most
     :data:`MAX_RADIUS`."""
     vs = voxel_size if voxel_size is not None else (1.0, 1.0, 1.0)
-    reach = 2.0 * max(SPATIAL_UM, SMOOTHNESS_UM)
+    reach = 2.0 * max(spatial_um, smoothness_um)
     return [max(0, min(math.floor(reach / v), MAX_RADIUS)) for v in vs]
 
 
@@ -74,8 +78,7 @@ def dense_crf(
     img = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
     eps = 1e-6
     unary = torch.stack([-torch.log((1 - p).clamp_min(eps)), -torch.log(p.clamp_min(eps))])
-    reach = max(spatial_um, smoothness_um) * 2.0
-    radius = [max(0, min(math.floor(reach / v), MAX_RADIUS)) for v in vs]
+    radius = window_radius(voxel_size, spatial_um, smoothness_um)
     offsets = [o for o in itertools.product(*[range(-r, r + 1) for r in radius]) if any(o)]
     kernels = []
     for off in offsets:

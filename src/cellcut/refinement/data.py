@@ -46,9 +46,11 @@ def prepare_volume(
     target: np.ndarray,
     voxel_size: Sequence[float] | None,
     normalization: str,
+    denoise: float | str = "auto",
 ) -> RefineVolume:
-    """Denoise (the fingerprint's rule) and normalize ``image`` as segmentation does."""
-    data = denoised(np.asarray(image), voxel_size, "auto")
+    """Denoise (``denoise`` µm, or the fingerprint's rule) and normalize ``image`` as
+    segmentation does."""
+    data = denoised(np.asarray(image), voxel_size, denoise)
     norm = fit_normalization(data, normalization, source=name)
     x = np.asarray(norm(np.asarray(data, dtype=np.float32)), dtype=np.float32)
     centres = np.argwhere(target == INTERIOR)

@@ -89,6 +89,7 @@ def pseudo_labelled(
             lab, prob = _given_labels(given[i], data.shape), None
         else:
             lab, prob = _instances(data, vs, wnet, cfg, cache / f"{i:03d}")
+        fingerprint = measure(data, vs)  # once: the boundary axes and the denoising
         target = refine_targets(
             lab,
             prob,
@@ -96,9 +97,11 @@ def pseudo_labelled(
             shell=cfg.ignore_shell,
             doubtful=doubtful_objects(lab, cfg.doubtful_ratio),
             voxel_size=vs,
-            radius=measure(data, vs).object_radius,
+            radius=fingerprint.object_radius,
         )
-        out.append(prepare_volume(Path(vol.source).name, data, target, vs, wnet.normalization))
+        name = Path(vol.source).name
+        blur = fingerprint.denoise_sigma()
+        out.append(prepare_volume(name, data, target, vs, wnet.normalization, blur))
     return out, wnet
 
 
