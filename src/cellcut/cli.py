@@ -8,6 +8,7 @@ Each subcommand parses its arguments, calls the API and prints what it wrote. Er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,20 @@ from cellcut.errors import CellcutError
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
+
+
+class _UsageError(Exception):
+    """A command line argparse cannot parse; printed as one line by :func:`main`."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{message}; see `{prog} --help`")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors become one ``error:`` line with a hint instead of the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(self.prog, message)
 
 
 def _command(name: str) -> Callable[[Command], Command]:
@@ -89,7 +104,7 @@ def _segment_settings(args: argparse.Namespace) -> dict[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cellcut",
         description="Unsupervised 3D cell segmentation with a W-Net and a soft normalized cut.",
     )
@@ -192,22 +207,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 @_command("synth")
 def _synth(args: argparse.Namespace) -> int:
-    from cellcut.io import check_output, check_voxel_size, split_location, write_volume
+    from cellcut.errors import ConfigError
+    from cellcut.io import check_voxel_size, write_volume
+    from cellcut.outputs import OutputSet, split_location
     from cellcut.synthetic import make_nuclei_volume
 
     out_path, _ = split_location(args.out)
     labels_path = args.labels or _sibling(args.out, "_labels")
-    check_output(args.out, args.overwrite)
-    check_output(labels_path, args.overwrite)
-    vol = make_nuclei_volume(
-        args.shape,
-        seed=args.seed,
-        voxel_size=check_voxel_size(args.voxel_size),
-        n_artifacts=args.artifacts,
-        dtype=args.dtype,
-    )
-    write_volume(args.out, vol.image, voxel_size=vol.voxel_size, overwrite=args.overwrite)
-    write_volume(labels_path, vol.labels, voxel_size=vol.voxel_size, overwrite=args.overwrite)
+    outputs = OutputSet({"image": args.out, "labels": labels_path}, overwrite=args.overwrite)
+    outputs.check()
+    try:
+        vol = make_nuclei_volume(
+            args.shape,
+            seed=args.seed,
+            voxel_size=check_voxel_size(args.voxel_size),
+            n_artifacts=args.artifacts,
+            dtype=args.dtype,
+        )
+    except ValueError as e:
+        raise ConfigError("invalid option", str(e), "see `cellcut synth --help`") from None
+    with outputs:
+        for role, data in (("image", vol.image), ("labels", vol.labels)):
+            write_volume(outputs.staged(role), data, voxel_size=vol.voxel_size, overwrite=True)
+        outputs.commit()
     print(f"image:  {out_path} {vol.image.shape} {vol.image.dtype}")
     print(f"labels: {split_location(labels_path)[0]} ({vol.n_nuclei} nuclei)")
     return 0
@@ -224,7 +246,7 @@ def _sibling(location: str, tag: str) -> str:
 
 
 def split_location_str(location: str) -> tuple[str, str | None]:
-    from cellcut.io import split_location
+    from cellcut.outputs import split_location
 
     path, key = split_location(location)
     return str(path), key
@@ -344,7 +366,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     overview = args.overview or _sibling_png(args.out, "_overview")
     progress = None
-    if not args.quiet:
+    if not args.quiet and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         bars: dict[str, object] = {}
@@ -420,11 +442,24 @@ def _sibling_png(location: str, tag: str) -> str:
 
 @_command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
-    from cellcut.io import read_volume, write_json
+    from cellcut.errors import ConfigError
+    from cellcut.io import check_label_values, read_volume, write_json
     from cellcut.metrics import evaluate
+    from cellcut.outputs import OutputSet
 
-    truth = read_volume(args.truth, validate=False).numpy()
-    pred = read_volume(args.prediction, validate=False).numpy()
+    bad = [t for t in args.thresholds if not 0 < t <= 1]
+    if bad:
+        raise ConfigError(
+            "invalid option",
+            f"--thresholds {bad[0]:g} is not an IoU (from 0 to 1)",
+            "give thresholds above 0 and up to 1, e.g. --thresholds 0.5 0.75",
+        )
+    outputs = OutputSet(
+        {"scores": args.json}, overwrite=args.overwrite, inputs=[args.truth, args.prediction]
+    )
+    outputs.check()
+    truth = check_label_values(read_volume(args.truth, validate=False).numpy(), args.truth)
+    pred = check_label_values(read_volume(args.prediction, validate=False).numpy(), args.prediction)
     if truth.shape != pred.shape:
         from cellcut.errors import VolumeError
 
@@ -435,9 +470,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             file=args.prediction,
         )
     result = evaluate(truth, pred, thresholds=args.thresholds)
+    if args.json:
+        with outputs:
+            write_json(outputs.staged("scores"), result.to_dict())
+            outputs.commit()
     print(result.table())
     if args.json:
-        write_json(args.json, result.to_dict(), overwrite=args.overwrite)
         print(f"written: {args.json}")
     return 0
 
@@ -550,10 +588,15 @@ def _info(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cellcut`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 0
+    _quiet_third_party_logs()
     try:
         return _COMMANDS[args.command](args)
     except CellcutError as e:
@@ -564,6 +607,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _quiet_third_party_logs() -> None:
+    """Libraries' log records (tifffile's page warnings...) are not printed: what matters to
+    the user reaches them as cellcut's own errors and warnings."""
+    import logging
+
+    for name in ("tifffile", "imagecodecs", "h5py", "zarr", "numcodecs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+
+
+def _reader_went_away() -> int:
+    """Output piped into a program that stopped reading (``cellcut info X | head -3``): end
+    quietly, with the exit status of a program killed by SIGPIPE."""
+    import os
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from pydantic import (
 )
 
 from cellcut.errors import CellcutError, ConfigError
-from cellcut.io import atomic_output
 from cellcut.normalize import METHODS as NORMALIZATIONS
+from cellcut.outputs import atomic_output
 from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS
 
 if sys.version_info >= (3, 11):

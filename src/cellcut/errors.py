@@ -45,7 +45,7 @@ class CellcutError(Exception):
         text = f"{self.what}{where}: {self.why}"
         if self.hint:
             text += f"; {self.hint}"
-        return text
+        return " ".join(text.split())  # one line, whatever the causes quoted in it hold
 
     def __str__(self) -> str:
         return self.message

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cellcut.blocks import tiles
-from cellcut.io import atomic_output
+from cellcut.outputs import atomic_output
 
 
 def _plt():

@@ -20,19 +20,16 @@ import contextlib
 import itertools
 import json
 import os
-import re
-import shutil
-import struct
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellcut.errors import InputFileError, OutputError, VolumeError
+from cellcut.errors import CellcutError, InputFileError, OutputError, VolumeError
+from cellcut.outputs import atomic_output, check_input_path, check_output, split_location
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 ZARR_SUFFIXES = (".zarr",)
@@ -71,11 +68,14 @@ class Volume:
         (z, y, x) voxel size in micrometres, or None where the file does not say.
     source
         Where the data came from, for messages.
+    warnings
+        What the reader noticed and the user should know (the data was still read).
     """
 
     data: Any
     voxel_size: tuple[float, float, float] | None
     source: str
+    warnings: list[str] = field(default_factory=list)  # e.g. chunks missing from a zarr store
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -88,19 +88,6 @@ class Volume:
 
 # --------------------------------------------------------------------------------------------
 # Locations and formats
-
-
-def split_location(location: str | os.PathLike) -> tuple[Path, str | None]:
-    """Split ``file.h5:dataset`` (or ``store.zarr:path/in/group``) into path and key.
-
-    A colon counts as separator only after a known HDF5 or zarr suffix, so Windows drive
-    letters and colons inside directory names are left alone.
-    """
-    text = os.fspath(location)
-    match = re.match(r"^(.*?\.(?:h5|hdf5|hdf|zarr))[:](.+)$", text, flags=re.IGNORECASE)
-    if match and not text.lower().endswith((".h5", ".hdf5", ".hdf", ".zarr")):
-        return Path(match.group(1)), match.group(2).strip("/")
-    return Path(text), None
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -173,6 +160,7 @@ def read_volume(
     """
     path, key = split_location(location)
     source = os.fspath(location)
+    check_input_path(location)
     if not path.exists():
         raise InputFileError(
             "cannot read volume",
@@ -192,11 +180,90 @@ def read_volume(
     data, axes, voxel_size = readers[fmt](path, key, lazy, source)
     data = select_3d(data, axes, channel=channel, time=time, source=source)
     check_volume_array(data, source)
+    warnings = _missing_chunks(data, source) if fmt in ("zarr", "ome-zarr") else []
+    if not isinstance(data, np.ndarray):
+        data = GuardedArray(data, source)
     if not lazy:
         data = np.asarray(data[...])
         if validate:
             check_volume_values(data, source)
-    return Volume(data=data, voxel_size=voxel_size, source=source)
+    return Volume(data=data, voxel_size=voxel_size, source=source, warnings=warnings)
+
+
+def _region(index: Any, shape: Sequence[int]) -> str:
+    """``z 0:64, y 0:128, x 0:128`` for an index into a (z, y, x) array."""
+    if index is Ellipsis:
+        index = ()
+    if not isinstance(index, tuple):
+        index = (index,)
+    index = tuple(slice(None) if i is Ellipsis else i for i in index)
+    index = index + (slice(None),) * (len(shape) - len(index))
+    parts = []
+    for name, i, size in zip("zyx", index, shape, strict=False):
+        if isinstance(i, slice):
+            start, stop, _ = i.indices(int(size))
+            parts.append(f"{name} {start}:{stop}")
+        else:
+            parts.append(f"{name} {i}")
+    return ", ".join(parts)
+
+
+class GuardedArray:
+    """A lazily read (z, y, x) array whose read failures become one
+    :class:`~cellcut.errors.InputFileError` naming the file, the region and the cause.
+
+    Decoding happens long after a file was opened and checked (a TIFF strip cut short, a
+    corrupt zarr chunk, an HDF5 read error): this is the one place where such failures are
+    caught, whichever code reads the block.
+    """
+
+    def __init__(self, base: Any, source: str) -> None:
+        self.base = base
+        self.source = source
+        self.shape = tuple(int(s) for s in base.shape)
+        self.dtype = np.dtype(base.dtype)
+        self.ndim = len(self.shape)
+        chunks = getattr(base, "chunks", None)
+        if chunks is not None:
+            self.chunks = tuple(int(c) for c in chunks)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.base[index])
+        except CellcutError:
+            raise
+        except Exception as e:  # every decoder raises its own types (zlib, zstd, h5py, ...)
+            cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise InputFileError(
+                "cannot read volume",
+                f"truncated or corrupt: the region {_region(index, self.shape)} cannot be "
+                f"decoded ({cause})",
+                "re-export or re-copy the file",
+                file=self.source,
+            ) from e
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out.astype(dtype) if dtype is not None else out
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def _missing_chunks(data: Any, source: str) -> list[str]:
+    """A warning when chunks of a zarr array are missing (they read as its fill value)."""
+    base = data.base if isinstance(data, _AxisSelection) else data
+    try:
+        initialized = int(base.nchunks_initialized)
+        total = int(base.nchunks)
+    except Exception:  # not a zarr array, or a store that cannot list its keys
+        return []
+    if initialized >= total:
+        return []
+    return [
+        f"{total - initialized} of {total} chunks are missing in {source}; they read as the "
+        f"fill value {base.fill_value!r} (an incomplete copy?)"
+    ]
 
 
 def import_zarr():
@@ -231,12 +298,13 @@ def _read_tiff(path: Path, key: str | None, lazy: bool, source: str):
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _tifffile_log() as log, tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputFileError(
                     "cannot read volume", "the TIFF holds no image", "check the file", file=source
                 )
             series = tif.series[0]
+            _check_tiff_extent(tif, series, path, log)
             axes = series.axes.upper()
             voxel_size = _tiff_voxel_size(tif)
             if not lazy:
@@ -247,18 +315,72 @@ def _read_tiff(path: Path, key: str | None, lazy: bool, source: str):
             data = zarr.open(store, mode="r")
             if not hasattr(data, "shape"):  # a pyramid: a group of levels
                 data = data[next(iter(sorted(data.array_keys())))]
-    except InputFileError:
+    except CellcutError as e:
+        e.file = e.file or source
         raise
-    except (tifffile.TiffFileError, ValueError, struct.error, OSError, KeyError, IndexError) as e:
+    except Exception as e:  # tifffile and its codecs raise many unrelated types
+        cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise InputFileError(
             "cannot read volume",
-            f"the TIFF is truncated or corrupt ({type(e).__name__}: {e})",
+            f"the TIFF is truncated or corrupt ({cause})",
             "re-export or re-copy the file",
             file=source,
         ) from e
     if data.ndim == 3 and axes[-2:] == "YX" and not set(axes[:-2]) & set("CST"):
         axes = "ZYX"  # a plain page stack (tifffile says I or Q for its first axis)
     return data, axes, voxel_size
+
+
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[list[str]]:
+    """Collect what tifffile logs meanwhile instead of letting it reach the console."""
+    import logging
+
+    logger = logging.getLogger("tifffile")
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.ERROR:
+                messages.append(record.getMessage())
+
+    handler = Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _check_tiff_extent(tif: Any, series: Any, path: Path, log: list[str]) -> None:
+    """A TIFF cut short: its page chain breaks, or its image data runs past the end."""
+    size = path.stat().st_size
+    end = 0
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:
+        end = int(offset) + int(series.nbytes)
+    else:
+        for page in series.pages:
+            if page is None:
+                continue
+            for start, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+                end = max(end, int(start) + int(count))
+    broken = [m for m in log if "offset" in m.lower()]
+    if end > size or broken:
+        why = (
+            f"the image data needs {end} bytes and the file has {size}"
+            if end > size
+            else f"its page chain is broken ({broken[0]})"
+        )
+        raise InputFileError(
+            "cannot read volume",
+            f"the TIFF is truncated or corrupt: {why}",
+            "re-export or re-copy the file",
+            file=path,
+        )
 
 
 def _tiff_voxel_size(tif) -> tuple[float, float, float] | None:
@@ -647,6 +769,42 @@ def check_volume_values(data: np.ndarray, source: str = "input") -> None:
         )
 
 
+def check_label_values(data: np.ndarray, source: str = "labels") -> np.ndarray:
+    """Instance labels as non-negative integers; a float array of whole numbers is accepted
+    (some tools save labels so). Raises VolumeError otherwise."""
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all() or not np.array_equal(data, np.round(data)):
+            n_bad = int((~finite).sum() + (finite & (data != np.round(data))).sum())
+            raise VolumeError(
+                "not a label image",
+                f"{n_bad} voxels hold values that are not whole numbers ({data.dtype})",
+                "give instance labels: one integer id per object, 0 for background",
+                file=source,
+            )
+    elif data.dtype.kind not in "ui":
+        raise VolumeError(
+            "not a label image",
+            f"{data.dtype} values are not object ids",
+            "give instance labels: one integer id per object, 0 for background",
+            file=source,
+        )
+    if data.size and data.min() < 0:
+        raise VolumeError(
+            "not a label image",
+            f"it holds negative values (down to {data.min().item():g})",
+            "give instance labels: one integer id per object, 0 for background",
+            file=source,
+        )
+    if data.dtype.kind == "f":
+        if data.size and data.max() > np.iinfo(np.int64).max:
+            raise VolumeError(
+                "not a label image", "its ids are too large", "relabel it", file=source
+            )
+        return data.astype(np.int64)
+    return data
+
+
 def check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
     """Validate a (z, y, x) voxel size: three positive finite numbers."""
     values = tuple(float(v) for v in voxel_size)
@@ -667,93 +825,6 @@ def check_voxel_size(voxel_size: Sequence[float]) -> tuple[float, float, float]:
 
 # --------------------------------------------------------------------------------------------
 # Writing
-
-
-def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Check before any work that ``path`` can be written; create missing parent folders.
-
-    Raises
-    ------
-    OutputError
-        The output exists (and ``overwrite`` is False), or its folder cannot be created or
-        written.
-    """
-    target, _ = split_location(path)
-    if target.exists() and not overwrite:
-        raise OutputError(
-            "output exists",
-            "cellcut does not overwrite outputs by default",
-            "pass --overwrite (overwrite=True) or choose another path",
-            file=target,
-        )
-    parent = target.parent if str(target.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(
-            "cannot write output",
-            f"its folder cannot be created ({e.strerror or e})",
-            "choose a path in a folder you can write to",
-            file=target,
-        ) from e
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(
-            "cannot write output",
-            f"the folder {parent} is not writable",
-            "choose a path in a folder you can write to",
-            file=target,
-        )
-    return target
-
-
-def _temp_sibling(target: Path) -> Path:
-    name = target.name
-    lower = name.lower()
-    suffix = next(
-        (s for s in (".ome.zarr", ".ome.tif", ".ome.tiff", ".nii.gz") if lower.endswith(s)),
-        target.suffix,
-    )
-    stem = name[: len(name) - len(suffix)] if suffix else name
-    return target.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def _commit(tmp: Path, target: Path) -> None:
-    """Move a finished temporary output into place (folders: old one removed after)."""
-    if tmp.is_dir():
-        trash = None
-        if target.exists():
-            trash = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, trash)
-        os.replace(tmp, target)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    else:
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-
-
-@contextlib.contextmanager
-def atomic_output(target: str | os.PathLike) -> Iterator[Path]:
-    """Write an output all at once or not at all.
-
-    Yields a temporary sibling path (same folder, same suffix, hidden name) to write to; when
-    the block ends without error the finished file or folder replaces ``target`` in one
-    rename, and whatever happens the temporary path is gone afterwards::
-
-        with atomic_output("cells.csv") as tmp:
-            tmp.write_text(text)
-    """
-    target = Path(target)
-    tmp = _temp_sibling(target)
-    try:
-        yield tmp
-        _commit(tmp, target)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
 
 
 def write_volume(

@@ -20,8 +20,8 @@ import torch
 
 from cellcut._version import __version__
 from cellcut.errors import CheckpointError
-from cellcut.io import atomic_output
 from cellcut.model.network import RefinedNet3D, WNet3D, WNetArchitecture
+from cellcut.outputs import atomic_output
 
 FORMAT = "cellcut-checkpoint"
 FORMAT_VERSION = 1

@@ -12,8 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 from cellcut.errors import CheckpointError
-from cellcut.io import atomic_output
 from cellcut.model.checkpoint import Checkpoint
+from cellcut.outputs import atomic_output
 
 DEFAULT_NAME = "default"
 

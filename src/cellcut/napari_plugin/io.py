@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cellcut.errors import CellcutError
-from cellcut.io import detect_format, read_volume, split_location
+from cellcut.io import detect_format, read_volume
+from cellcut.outputs import split_location
 
 LayerData = list[tuple[Any, dict, str]]
 

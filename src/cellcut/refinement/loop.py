@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ from cellcut.errors import CheckpointError
 from cellcut.losses import dice_ce_loss
 from cellcut.model import CHECKPOINT_NAME, Checkpoint, RefinedNet3D
 from cellcut.refinement.data import PairSampler, RefineVolume
-from cellcut.refinement.sources import Source, pseudo_labelled
+from cellcut.refinement.sources import Source, open_sources, pseudo_labelled
 from cellcut.refinement.targets import IGNORE
 from cellcut.runtime import resolve_device
-from cellcut.training.run import TrainCallback, prepare_run_dir
+from cellcut.training.run import TrainCallback, check_run_dir, create_run_dir, mark_finished
 from cellcut.training.session import rng_states, set_rng_states
 
 METRIC_FIELDS = [
@@ -109,15 +110,21 @@ def refine(
         Objects with the hooks of :class:`cellcut.training.TrainCallback` (``on_start``,
         ``on_log``, ``on_checkpoint``, ``on_end``, ``stop_requested``).
     """
-    run_dir = prepare_run_dir(Path(out), resume, overwrite, command="cellcut refine")
+    run_dir = Path(out)
+    replaced = check_run_dir(run_dir, resume, overwrite, command="cellcut refine")
     restored = _restored(run_dir) if resume else None
     if restored is not None:
         cfg = refine_config(restored.config.get("refine", {}), **settings)
         model = restored.config.get("source_model", model)
     else:
         cfg = refine_config(config, **settings)
+    sources = open_sources(images, labels, model, cfg)  # all checked before the folder exists
+    create_run_dir(run_dir)
     cfg.save(run_dir / "refine.yaml")
-    volumes, wnet = pseudo_labelled(images, labels, model, cfg, run_dir, resume)
+    if replaced and cfg.progress:
+        print(f"note: {replaced}", file=sys.stderr)
+    volumes = pseudo_labelled(sources, cfg, run_dir, resume)
+    wnet = sources.wnet
     device = resolve_device(cfg.device)
     if restored is not None:
         net = restored.build_model(str(run_dir))
@@ -300,6 +307,7 @@ class _Loop:
                 probs[0].float().cpu().numpy(),
                 self.run.run_dir / "preview.png",
             )
+        mark_finished(self.run.run_dir)
         for cb in self.callbacks:
             cb.on_end(self.run)  # type: ignore[arg-type]
         return self.run

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ import numpy as np
 from cellcut.config import RefineConfig
 from cellcut.errors import CheckpointError, VolumeError
 from cellcut.fingerprint import measure
-from cellcut.io import Volume, atomic_output, check_volume_array, read_volume
+from cellcut.io import Volume, check_label_values, check_volume_array, read_volume
 from cellcut.model import LoadedModel
+from cellcut.outputs import atomic_output
 from cellcut.refinement.data import RefineVolume, prepare_volume
 from cellcut.refinement.targets import doubtful_objects, refine_targets
 from cellcut.runtime import resolve_device
@@ -60,15 +62,22 @@ def source_wnet(model: str | os.PathLike | None, device: str) -> LoadedModel:
     return wnet
 
 
-def pseudo_labelled(
+@dataclass
+class RefineSources:
+    """The images, the labels given (checked, in memory) or the W-Net that makes them."""
+
+    volumes: list[Volume]
+    labels: list[np.ndarray] | None
+    wnet: LoadedModel
+
+
+def open_sources(
     images: Sequence[Source],
     labels: Sequence[Source] | None,
     model: str | os.PathLike | None,
     cfg: RefineConfig,
-    run_dir: Path,
-    resume: bool = False,
-) -> tuple[list[RefineVolume], LoadedModel]:
-    """Every image prepared with its targets, and the W-Net (which sets the normalization)."""
+) -> RefineSources:
+    """Open and check everything a refinement learns from, before any work is written."""
     wnet = source_wnet(model, cfg.device)
     vols = expand(images, "image", cfg.channel)
     given = expand(labels, "labels") if labels else None
@@ -78,17 +87,27 @@ def pseudo_labelled(
             f"{len(vols)} image(s) but {len(given)} label volume(s)",
             "give one label volume per image, in the same order",
         )
+    arrays = None
+    if given is not None:
+        arrays = [_given_labels(g, v.shape) for g, v in zip(given, vols, strict=True)]
+    return RefineSources(vols, arrays, wnet)
+
+
+def pseudo_labelled(
+    sources: RefineSources, cfg: RefineConfig, run_dir: Path, resume: bool = False
+) -> list[RefineVolume]:
+    """Every image prepared with its targets (the W-Net's instances are cached in the run)."""
     cache = run_dir / CACHE
     if not resume:
         shutil.rmtree(cache, ignore_errors=True)
     out = []
-    for i, vol in enumerate(vols):
+    for i, vol in enumerate(sources.volumes):
         data = vol.numpy()
         vs = cfg.voxel_size or vol.voxel_size
-        if given is not None:
-            lab, prob = _given_labels(given[i], data.shape), None
+        if sources.labels is not None:
+            lab, prob = sources.labels[i], None
         else:
-            lab, prob = _instances(data, vs, wnet, cfg, cache / f"{i:03d}")
+            lab, prob = _instances(data, vs, sources.wnet, cfg, cache / f"{i:03d}")
         fingerprint = measure(data, vs)  # once: the boundary axes and the denoising
         target = refine_targets(
             lab,
@@ -101,26 +120,19 @@ def pseudo_labelled(
         )
         name = Path(vol.source).name
         blur = fingerprint.denoise_sigma()
-        out.append(prepare_volume(name, data, target, vs, wnet.normalization, blur))
-    return out, wnet
+        out.append(prepare_volume(name, data, target, vs, sources.wnet.normalization, blur))
+    return out
 
 
 def _given_labels(vol: Volume, shape: Sequence[int]) -> np.ndarray:
-    lab = vol.numpy()
-    if lab.shape != tuple(shape):
+    if vol.shape != tuple(shape):
         raise VolumeError(
             "cannot refine",
-            f"labels of shape {lab.shape} for an image of shape {tuple(shape)}",
+            f"labels of shape {vol.shape} for an image of shape {tuple(shape)}",
             "give the labels made from that image",
             file=vol.source,
         )
-    if not np.issubdtype(lab.dtype, np.integer) or (lab.size and lab.min() < 0):
-        raise VolumeError(
-            "cannot refine",
-            "labels must be non-negative integers (0: background)",
-            "give an instance label volume",
-            file=vol.source,
-        )
+    lab = check_label_values(vol.numpy(), vol.source)
     return lab.astype(np.int32, copy=False)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,9 @@ from cellcut.errors import ConfigError
 from cellcut.fingerprint import Fingerprint, measure
 from cellcut.io import (
     Volume,
-    check_output,
     check_volume_array,
     check_volume_values,
+    detect_format,
     import_zarr,
     read_volume,
     write_json,
@@ -40,6 +39,7 @@ from cellcut.io import (
 )
 from cellcut.model import LoadedModel
 from cellcut.normalize import fit_normalization
+from cellcut.outputs import OutputSet, split_location, workspace_folder
 from cellcut.postprocess import sigma_voxels
 from cellcut.runtime import release_free_memory, resolve_device
 from cellcut.segmentation.labelling import Labelling, instance_halo, label_blocks
@@ -76,19 +76,30 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)  # the self-check's findings
 
 
-@dataclass
-class _Outputs:
-    labels: str | os.PathLike | None
-    probability: str | os.PathLike | None
-    stats: str | os.PathLike | None
-    overview: str | os.PathLike | None
-    overwrite: bool
-
-    def check(self) -> None:
-        """Before any work: every output can be written (and exists only with overwrite)."""
-        for target in (self.labels, self.stats, self.probability, self.overview):
-            if target is not None:
-                check_output(target, self.overwrite)
+def _output_set(
+    image: Any,
+    out: Any,
+    probability_out: Any,
+    stats: Any,
+    overview: Any,
+    overwrite: bool,
+) -> OutputSet:
+    """The run's outputs, committed together; the statistics' summary JSON is one of them."""
+    for location in (out, probability_out):
+        if location is not None:
+            detect_format(split_location(location)[0])  # an unknown suffix, before any work
+    summary = Path(stats).with_suffix(".summary.json") if stats is not None else None
+    inputs = [image] if isinstance(image, (str, os.PathLike)) else []
+    if isinstance(image, Volume) and Path(image.source).exists():
+        inputs.append(image.source)
+    targets = {
+        "labels": out,
+        "probability": probability_out,
+        "statistics": stats,
+        "summary": summary,
+        "overview": overview,
+    }
+    return OutputSet(targets, overwrite=overwrite, inputs=inputs)
 
 
 def segment(
@@ -135,10 +146,10 @@ def segment(
         Called as ``progress(stage, blocks_done, blocks_total)``.
     """
     opts = segment_options(options, **settings)
+    outputs = _output_set(image, out, probability_out, stats, overview, overwrite)
+    outputs.check()
     vol = _open(image, opts)
     voxel_size = opts.voxel_size or vol.voxel_size
-    outputs = _Outputs(out, probability_out, stats, overview, overwrite)
-    outputs.check()
     device = resolve_device(opts.device)
     loaded = resolve_model(model, device)
     _check_instances(opts, loaded)
@@ -153,7 +164,7 @@ def segment(
     nbytes = int(np.prod(vol.shape)) * 4
     in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES
     block = opts.triple("block")
-    with zarr_block_io(), _workspace(vol.shape, block, in_memory) as new_array:
+    with outputs, zarr_block_io(), _workspace(vol.shape, block, in_memory) as new_array:
         prob, interior = _predict(
             vol.data, loaded, new_array, opts, device, norm, blur_voxels, voxel_size, progress
         )
@@ -172,9 +183,10 @@ def segment(
             summary["denoise"] = blur
             summary["crf"] = opts.crf
             summary["warnings"] = _self_check(rows, vol.shape, voxel_size, fingerprint)
+        summary["warnings"] = vol.warnings + summary.get("warnings", [])
         result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
         result.n_cells = labelling.n_objects
-        result.warnings = list(summary.get("warnings", []))
+        result.warnings = list(summary["warnings"])
         if in_memory or nbytes < RETURN_ARRAYS_BYTES:
             result.labels, result.probability = np.asarray(labels[...]), np.asarray(prob[...])
         return result
@@ -195,7 +207,7 @@ def _open(image: str | os.PathLike | np.ndarray | Volume, opts: SegmentOptions) 
 def _workspace(shape: Sequence[int], block: Sequence[int], in_memory: bool) -> Iterator[Any]:
     """Makes zero-filled intermediate arrays: in memory, or chunked zarr in a temporary folder
     removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="cellcut-segment-"))
+    folder = workspace_folder("cellcut-segment")
 
     def new_array(name: str, dtype: Any) -> Any:
         if in_memory:
@@ -317,7 +329,7 @@ def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, 
 
 
 def _write(
-    outputs: _Outputs,
+    outputs: OutputSet,
     vol: Volume,
     prob: Any,
     labels: Any,
@@ -326,21 +338,27 @@ def _write(
     voxel_size: Sequence[float] | None,
     block: Sequence[int],
 ) -> SegmentResult:
-    """Write every output asked for; labels and probability stream from their arrays."""
-    result = SegmentResult(None, None, None, None, 0, rows, summary)
-    if outputs.labels is not None:
-        result.labels_path = write_volume(
-            outputs.labels, labels, voxel_size=voxel_size, overwrite=outputs.overwrite
-        )
-    if outputs.probability is not None:
-        result.probability_path = write_volume(
-            outputs.probability, prob, voxel_size=voxel_size, overwrite=outputs.overwrite
-        )
-    if outputs.stats is not None:
-        result.stats_path = write_stats_csv(outputs.stats, rows, outputs.overwrite)
-        write_json(Path(result.stats_path).with_suffix(".summary.json"), summary)
-    if outputs.overview is not None:
+    """Write every output asked for to its temporary, then commit them together; labels and
+    probability stream from their arrays."""
+    wanted = outputs.paths
+    if "labels" in wanted:
+        write_volume(outputs.staged("labels"), labels, voxel_size=voxel_size, overwrite=True)
+    if "probability" in wanted:
+        write_volume(outputs.staged("probability"), prob, voxel_size=voxel_size, overwrite=True)
+    if "statistics" in wanted:
+        write_stats_csv(outputs.staged("statistics"), rows, overwrite=True)
+        write_json(outputs.staged("summary"), summary)
+    if "overview" in wanted:
         from cellcut.figures import plot_overview
 
-        result.overview_path = plot_overview(vol.data, labels, outputs.overview, block=block)
-    return result
+        plot_overview(vol.data, labels, outputs.staged("overview"), block=block)
+    final = outputs.commit()
+    return SegmentResult(
+        final.get("labels"),
+        final.get("probability"),
+        final.get("statistics"),
+        final.get("overview"),
+        0,
+        rows,
+        summary,
+    )

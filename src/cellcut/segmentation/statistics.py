@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from cellcut.blocks import tiles
-from cellcut.io import atomic_output, check_output
+from cellcut.outputs import atomic_output, check_output
 
 _AXES = "zyx"
 

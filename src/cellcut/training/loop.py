@@ -30,10 +30,18 @@ from cellcut.model.classes import choose_foreground_classes
 from cellcut.runtime import use_bfloat16
 from cellcut.training.data import Source
 from cellcut.training.diagnostics import PLATEAU, Diagnosis
-from cellcut.training.run import MetricsLog, TrainCallback, TrainingRun, prepare_run_dir
+from cellcut.training.run import (
+    MetricsLog,
+    TrainCallback,
+    TrainingRun,
+    check_run_dir,
+    create_run_dir,
+    mark_finished,
+)
 from cellcut.training.session import (
     Session,
     Sources,
+    follow_checkpoint,
     open_session,
     resolve_config,
     rng_states,
@@ -81,13 +89,21 @@ def train(
         ``section.field=value`` settings (a list of strings or a dict) applied on top of
         ``config``.
     """
-    run_dir = prepare_run_dir(Path(out), resume, overwrite)
+    run_dir = Path(out)
+    replaced = check_run_dir(run_dir, resume, overwrite)  # nothing is created before it all holds
     restored = Checkpoint.load(run_dir / CHECKPOINT_NAME) if resume else None
     cfg, sources = resolve_config(
         config, overrides, Sources(images, val_images, val_labels), restored, run_dir
     )
-    cfg.save(run_dir / "config.yaml")
-    t = Trainer(open_session(cfg, run_dir, sources, from_pretrained, restored), callbacks)
+    notes = [Diagnosis("replaced-interrupted-run", 0, replaced)] if replaced else []
+    if from_pretrained is not None and restored is None:
+        cfg, followed = follow_checkpoint(cfg, from_pretrained)
+        notes += [Diagnosis("architecture-from-checkpoint", 0, followed)] if followed else []
+    session = open_session(cfg, run_dir, sources, from_pretrained, restored)
+    create_run_dir(run_dir)
+    session.cfg.save(run_dir / "config.yaml")
+    session.notes[:0] = notes
+    t = Trainer(session, callbacks)
 
     t.begin()
     while not t.stop_reason():
@@ -294,6 +310,7 @@ class Trainer:
         self.log.close()
         if self.cfg.log.plots:
             self._preview()
+        mark_finished(self.run.run_dir)
         for cb in self.callbacks:
             cb.on_end(self.run)
         return self.run

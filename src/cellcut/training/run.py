@@ -9,6 +9,8 @@ core importing any GUI toolkit.
 from __future__ import annotations
 
 import csv
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from cellcut.config import TrainConfig
 from cellcut.errors import OutputError
 from cellcut.model import CHECKPOINT_NAME, WNet3D
+from cellcut.outputs import atomic_output, check_name_length, process_gone, this_process
 from cellcut.training.diagnostics import Diagnosis
 
 METRIC_FIELDS = [
@@ -81,12 +84,17 @@ class TrainingRun:
         return self.run_dir / CHECKPOINT_NAME
 
 
-def prepare_run_dir(
+RUNNING = ".cellcut-running"
+"""Marker of a run in progress in its folder: who runs it; removed when the run finishes."""
+
+
+def check_run_dir(
     out: Path, resume: bool, overwrite: bool, command: str = "cellcut train"
-) -> Path:
-    """Check the run folder for a new run or a resume of ``command``, and create it if
-    needed."""
+) -> str | None:
+    """Check, before any work and without creating anything, that ``out`` can hold a new run
+    (or a resumed one) of ``command``. Returns a note when it replaces an interrupted run."""
     out = Path(out)
+    check_name_length(out)
     if out.exists() and not out.is_dir():
         raise OutputError(
             "cannot write run",
@@ -94,25 +102,58 @@ def prepare_run_dir(
             "choose a folder for --out",
             file=out,
         )
-    if resume:
-        if not (out / CHECKPOINT_NAME).exists():
-            raise OutputError(
-                "cannot resume",
-                "the folder holds no checkpoint",
-                f"give the run folder of an earlier `{command}`",
-                file=out,
-            )
-        return out
-    if (out / CHECKPOINT_NAME).exists() and not overwrite:
+    state = _run_state(out)
+    if state == "running":
         raise OutputError(
             "run folder in use",
-            "it already holds a training run",
-            "pass --resume to continue it, --overwrite to replace it, or choose another --out",
+            "a run is in progress there (another process)",
+            "wait for it to end, or choose another --out",
             file=out,
         )
+    has_checkpoint = (out / CHECKPOINT_NAME).exists()
+    if resume and not has_checkpoint:
+        raise OutputError(
+            "cannot resume",
+            "the folder holds no checkpoint",
+            f"give the run folder of an earlier `{command}`",
+            file=out,
+        )
+    note = None
+    if not resume and has_checkpoint and not overwrite:
+        if state != "interrupted":
+            raise OutputError(
+                "run folder in use",
+                "it already holds a training run",
+                "pass --resume to continue it, --overwrite to replace it, or choose another --out",
+                file=out,
+            )
+        note = (
+            f"the run in {out} was interrupted and never finished: starting it again "
+            "(--resume would have continued it)"
+        )
+    _probe_run_dir(out)
+    return note
+
+
+def _run_state(out: Path) -> str:
+    """ "running" (its process lives), "interrupted" (its process is gone or, on another
+    host, cannot be asked), or "" (no run in progress)."""
+    marker = out / RUNNING
+    if not marker.exists():
+        return ""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".cellcut-write-test"
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return "interrupted"
+    return "running" if process_gone(record) is False else "interrupted"
+
+
+def _probe_run_dir(out: Path) -> None:
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = folder / f".cellcut-write-test-{os.getpid()}"
+    try:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -122,7 +163,28 @@ def prepare_run_dir(
             "choose a folder you can write to",
             file=out,
         ) from e
+
+
+def create_run_dir(out: Path) -> Path:
+    """Make the run folder (once its inputs and settings are valid) and mark the run as in
+    progress; :func:`mark_finished` removes the mark."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_output(out / RUNNING) as tmp:
+            tmp.write_text(json.dumps(this_process()))
+    except OSError as e:
+        raise OutputError(
+            "cannot write run",
+            f"the folder cannot be created ({e.strerror or e})",
+            "choose a folder you can write to",
+            file=out,
+        ) from e
     return out
+
+
+def mark_finished(run_dir: Path) -> None:
+    (Path(run_dir) / RUNNING).unlink(missing_ok=True)
 
 
 class MetricsLog:

@@ -102,6 +102,65 @@ def resolve_config(
     return cfg, sources
 
 
+ARCHITECTURE_FIELDS = ("n_classes", "base_width", "depth", "dropout", "norm")
+"""The fields of ``model`` a pretrained checkpoint decides (the preset as well)."""
+
+
+def follow_checkpoint(
+    cfg: TrainConfig, from_pretrained: str | os.PathLike
+) -> tuple[TrainConfig, str | None]:
+    """The settings of a run that starts from ``from_pretrained``: its ``model`` section
+    becomes the checkpoint's architecture, so that config.yaml says what the network is.
+
+    Returns the settings and a note naming the settings of the user it replaced (a setting
+    left at its default is replaced silently). A checkpoint whose architecture the settings
+    cannot express (another input or output count, block or activation than the presets')
+    is refused.
+    """
+    from dataclasses import asdict
+
+    from cellcut.model.network import PRESETS
+
+    source = Checkpoint.load(resolve_model_path(from_pretrained))
+    arch = dict(source.architecture)
+    fixed = ("in_channels", "out_channels", "norm_groups", "activation", "block", "max_width")
+    preset = next(
+        (
+            name
+            for name, p in PRESETS.items()
+            if all(asdict(p)[k] == arch.get(k, asdict(p)[k]) for k in fixed)
+        ),
+        None,
+    )
+    if preset is None:
+        raise CheckpointError(
+            "cannot train from this model",
+            "its architecture ("
+            + ", ".join(f"{k} {arch.get(k)}" for k in fixed)
+            + ") is not one of the presets' "
+            + ", ".join(PRESETS),
+            "give a W-Net made by cellcut train",
+            file=from_pretrained,
+        )
+    wanted = {"preset": preset, **{k: arch[k] for k in ARCHITECTURE_FIELDS if k in arch}}
+    current = cfg.model.model_dump()
+    default = TrainConfig().model.model_dump()
+    changed = [
+        f"{k} {current[k]} -> {v}"
+        for k, v in wanted.items()
+        if current[k] not in (v, default[k]) and not (current[k] is None and k != "preset")
+    ]
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=wanted)})
+    note = None
+    if changed:
+        note = (
+            f"the network's architecture comes from {from_pretrained}: "
+            + ", ".join(changed)
+            + " (settings of model.* do not apply when fine-tuning)"
+        )
+    return cfg, note
+
+
 def _restored_sources(given: Sources, restored: Checkpoint, run_dir: Path) -> Sources:
     if ARRAY_SOURCE not in restored.images:
         return Sources(restored.images, restored.val_images or None, restored.val_labels or None)
@@ -213,7 +272,6 @@ def _model(
     model = source.build_model(name)
     assert isinstance(model, WNet3D)
     return model
-    return WNet3D(cfg.model.preset, **cfg.model.overrides())
 
 
 def _intensity_term(
