@@ -598,7 +598,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _quiet_third_party_logs()
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
     except CellcutError as e:
         if args.debug:
             raise

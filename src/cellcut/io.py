@@ -177,7 +177,17 @@ def read_volume(
         "nifti": _read_nifti,
         "npy": _read_npy,
     }
-    data, axes, voxel_size = readers[fmt](path, key, lazy, source)
+    try:
+        data, axes, voxel_size = readers[fmt](path, key, lazy, source)
+    except CellcutError:
+        raise
+    except Exception as e:  # a reader parses untrusted bytes: any failure is the file's
+        raise InputFileError(
+            "cannot read volume",
+            f"the file is truncated or corrupt ({_cause(e)})",
+            "re-export or re-copy the file",
+            file=source,
+        ) from e
     data = select_3d(data, axes, channel=channel, time=time, source=source)
     check_volume_array(data, source)
     warnings = _missing_chunks(data, source) if fmt in ("zarr", "ome-zarr") else []
@@ -188,6 +198,11 @@ def read_volume(
         if validate:
             check_volume_values(data, source)
     return Volume(data=data, voxel_size=voxel_size, source=source, warnings=warnings)
+
+
+def _cause(e: BaseException) -> str:
+    """An exception as a short single line for a message."""
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200]
 
 
 def _region(index: Any, shape: Sequence[int]) -> str:
@@ -233,11 +248,10 @@ class GuardedArray:
         except CellcutError:
             raise
         except Exception as e:  # every decoder raises its own types (zlib, zstd, h5py, ...)
-            cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
             raise InputFileError(
                 "cannot read volume",
                 f"truncated or corrupt: the region {_region(index, self.shape)} cannot be "
-                f"decoded ({cause})",
+                f"decoded ({_cause(e)})",
                 "re-export or re-copy the file",
                 file=self.source,
             ) from e
@@ -319,10 +333,9 @@ def _read_tiff(path: Path, key: str | None, lazy: bool, source: str):
         e.file = e.file or source
         raise
     except Exception as e:  # tifffile and its codecs raise many unrelated types
-        cause = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise InputFileError(
             "cannot read volume",
-            f"the TIFF is truncated or corrupt ({cause})",
+            f"the TIFF is truncated or corrupt ({_cause(e)})",
             "re-export or re-copy the file",
             file=source,
         ) from e
@@ -553,8 +566,10 @@ def _read_hdf5(path: Path, key: str | None, lazy: bool, source: str):
     voxel_size = _attrs_voxel_size(dict(dset.attrs))
     if lazy:
         return dset, None, voxel_size  # the open file lives as long as the dataset
-    data = dset[...]
-    f.close()
+    try:
+        data = dset[...]
+    finally:
+        f.close()
     return data, None, voxel_size
 
 

@@ -181,9 +181,9 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     """Remove the temporaries of ``target`` left by processes of this host that are gone (a
     killed run); returns what was removed."""
     stem, suffix = _split_suffix(target.name)
-    pattern = re.compile(
-        rf"^\.{re.escape(stem[:_STEM_IN_TEMP])}\.(?:tmp|old)-(\w{{6}})-(\d+)-[0-9a-f]{{8}}"
-        rf"{re.escape(suffix)}$"
+    tag = r"\.(?:tmp|old)-(\w{6})-(\d+)-[0-9a-f]{8}"
+    pattern = re.compile(  # also a temporary of a temporary (an atomic write into a staged path)
+        rf"^\.\.?{re.escape(stem[:_STEM_IN_TEMP])}{tag}(?:{tag})?{re.escape(suffix)}$"
     )
     folder = target.parent if str(target.parent) else Path(".")
     removed = []
@@ -220,12 +220,14 @@ def atomic_output(target: str | os.PathLike) -> Iterator[Path]:
 
     Yields a temporary sibling path (same folder, same suffix, hidden name) to write to; when
     the block ends without error the finished file or folder replaces ``target`` in one
-    rename, and whatever happens the temporary path is gone afterwards::
+    rename, and whatever happens the temporary path is gone afterwards (temporaries of the
+    same target left by killed processes are removed first)::
 
         with atomic_output("cells.csv") as tmp:
             tmp.write_text(text)
     """
     target = Path(target)
+    remove_stale_temporaries(target)  # a killed writer's leftovers
     tmp = temp_sibling(target)
     try:
         yield tmp
@@ -249,7 +251,8 @@ class OutputSet:
     """The outputs of one run, written to temporaries and committed together.
 
     ``targets`` maps a role (``"labels"``, ``"statistics"``…) to a location (``None``: not
-    wanted). Use::
+    wanted); the first is the main result, committed last, so that where it exists without a
+    journal beside it, every other output exists complete. Use::
 
         outputs = OutputSet({"labels": out, "statistics": csv}, inputs=[image])
         outputs.check()            # before any work
@@ -301,6 +304,7 @@ class OutputSet:
         for role in roles:
             path = self.paths[role]
             remove_stale_temporaries(path)
+            remove_stale_temporaries(_journal(path))
             if path.exists() and not self.overwrite and path not in self.replaced_unfinished:
                 raise OutputError(
                     "output exists",
@@ -363,7 +367,7 @@ class OutputSet:
         journal = _journal(first)
         with atomic_output(journal) as tmp:
             tmp.write_text(json.dumps({"targets": [str(p) for p in staged.values()]}))
-        for role, target in staged.items():
+        for role, target in reversed(staged.items()):  # the first (the main result) last
             _commit(self._staged[role], target)
         for path in self.paths.values():
             if _journal(path) != journal:

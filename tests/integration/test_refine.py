@@ -135,7 +135,7 @@ def test_bad_input_gives_one_line(tmp_path, data, capsys):
         capsys, ["refine", img, "--labels", str(tmp_path / "small.tif"), "--out", out]
     )
     tifffile.imwrite(tmp_path / "float.tif", np.full((16, 40, 40), 0.5, np.float32))
-    assert "integers" in one_line_error(
+    assert "not whole numbers" in one_line_error(
         capsys, ["refine", img, "--labels", str(tmp_path / "float.tif"), "--out", out]
     )
     assert "does not exist" in one_line_error(

@@ -155,9 +155,11 @@ def test_bad_inputs(tmp_path, trained, capsys):
     with pytest.raises(ConfigError, match="spot_sigma must be a positive number or 'auto'"):
         segment(folder / "img.tif", None, model=model, spot_sigma=-1.0)
     for bad in ("-2", "big"):
-        with pytest.raises(SystemExit):
-            main(["segment", str(folder / "img.tif"), "--out", "x.tif", "--spot-sigma", bad])
-        assert "positive number or 'auto'" in capsys.readouterr().err
+        argv = ["segment", str(folder / "img.tif"), "--out", "x.tif", "--spot-sigma", bad]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: argument --spot-sigma") and len(err.splitlines()) == 1
+        assert "positive number or 'auto'" in err
 
 
 def test_model_with_mismatched_classes_is_refused(tmp_path, trained):

@@ -33,7 +33,7 @@ def test_cli_segment_defaults_are_the_options_defaults():
 def test_instance_choices_come_from_postprocess():
     assert INSTANCE_CHOICES == (*METHODS, "none")
     parser = build_parser()
-    with pytest.raises(SystemExit):
+    with pytest.raises(Exception, match="invalid choice: 'magic'"):
         parser.parse_args(["segment", "i.tif", "--out", "o.tif", "--instances", "magic"])
 
 
