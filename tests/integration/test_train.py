@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from cellcut.config import build_config
+from cellcut.config import build_config, load_config
 from cellcut.errors import CheckpointError, InputFileError, OutputError, VolumeError
 from cellcut.losses.reconstruction import ReconstructionLoss
 from cellcut.model import Checkpoint, load_model
@@ -423,3 +423,20 @@ def test_fine_tuning_adopts_the_datas_classes_when_the_models_split_disagrees(tm
     )
     truth = float((v.labels[:32, :48, :48] > 0).mean())
     assert abs(cell_share(run.model) - truth) < abs(start - truth) / 2
+
+
+def test_fine_tuning_config_follows_the_checkpoint(tmp_path, volume_file):
+    img, _ = volume_file
+    three = config(model={"base_width": 4, "depth": 2, "n_classes": 3}, stop={"steps": 1})
+    base = train([img], tmp_path / "three", three)
+    plain = {k: v for k, v in TINY.items() if k != "model"}
+    plain["stop"] = {"steps": 1}
+    tuned = train([img], tmp_path / "tuned", build_config(plain), from_pretrained=base.checkpoint)
+    saved = load_config(tuned.run_dir / "config.yaml").model
+    assert (saved.n_classes, saved.base_width, saved.depth) == (3, 4, 2)
+    assert tuned.model.n_classes == 3
+    assert not [d for d in tuned.diagnoses if d.kind == "architecture-from-checkpoint"]
+    asked = config(model={"n_classes": 5}, stop={"steps": 1})
+    noted = train([img], tmp_path / "noted", asked, from_pretrained=base.checkpoint)
+    notes = [d.message for d in noted.diagnoses if d.kind == "architecture-from-checkpoint"]
+    assert len(notes) == 1 and "n_classes 5 -> 3" in notes[0], notes
