@@ -24,9 +24,10 @@ from cellcut.errors import CellcutError
 from cellcut.io import import_zarr, read_volume
 
 FUZZ_EXAMPLES = 100
-LONG_EXAMPLES = 2000
+LONG_EXAMPLES = int(os.environ.get("CELLCUT_FUZZ_LONG_EXAMPLES", "2000"))
 LONG = os.environ.get("CELLCUT_FUZZ_LONG") == "1"
 SHAPE = (6, 24, 24)
+RUNS: dict[str, int] = {}  # examples run per format: the fuzzing must not be vacuous
 
 
 def _volume() -> np.ndarray:
@@ -108,6 +109,7 @@ def fuzz_file(name: str, examples: int):
     )
     @given(mutations(len(original), 512))
     def check(mutation):
+        RUNS[name] = RUNS.get(name, 0) + 1
         changes, cut = mutation
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / name
@@ -140,6 +142,7 @@ def fuzz_zarr(examples: int):
     )
     @given(st.sampled_from(files), st.data())
     def check(victim, data):
+        RUNS["zarr"] = RUNS.get("zarr", 0) + 1
         original = contents[victim]
         changes, cut = data.draw(mutations(max(1, len(original)), 512))
         delete = data.draw(st.booleans()) and victim != "zarr.json"
@@ -160,24 +163,34 @@ def fuzz_zarr(examples: int):
 
 @pytest.mark.parametrize("name", sorted(ORIGINALS))
 def test_fuzz_file_readers(name):
+    RUNS.pop(name, None)
     fuzz_file(name, FUZZ_EXAMPLES)()
+    assert RUNS[name] >= FUZZ_EXAMPLES
 
 
 def test_fuzz_zarr_reader():
+    RUNS.pop("zarr", None)
     fuzz_zarr(FUZZ_EXAMPLES)()
+    assert RUNS["zarr"] >= FUZZ_EXAMPLES
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="set CELLCUT_FUZZ_LONG=1 for the long fuzzing run")
 @pytest.mark.parametrize("name", sorted(ORIGINALS))
 def test_fuzz_file_readers_long(name):
+    RUNS.pop(name, None)
     fuzz_file(name, LONG_EXAMPLES)()
+    print(f"{name}: {RUNS[name]} examples")
+    assert RUNS[name] >= LONG_EXAMPLES
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not LONG, reason="set CELLCUT_FUZZ_LONG=1 for the long fuzzing run")
 def test_fuzz_zarr_reader_long():
+    RUNS.pop("zarr", None)
     fuzz_zarr(LONG_EXAMPLES)()
+    print(f"zarr: {RUNS['zarr']} examples")
+    assert RUNS["zarr"] >= LONG_EXAMPLES
 
 
 def test_mutation_reaches_the_reader_errors():
