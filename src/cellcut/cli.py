@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from cellcut._version import __version__
 from cellcut.config import INSTANCE_CHOICES, SEGMENT_DEFAULTS, SegmentOptions
 from cellcut.errors import CellcutError
+from cellcut.metrics import DEFAULT_THRESHOLDS
 
 Command = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, Command] = {}
@@ -184,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prediction")
     p.add_argument("--json", help="write the scores here")
     p.add_argument(
-        "--thresholds", type=float, nargs="+", default=[round(0.1 * i, 1) for i in range(1, 10)]
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_THRESHOLDS),
+        help="IoU thresholds of the instance matching (default: 0.1 to 0.9)",
     )
     p.add_argument("--overwrite", action="store_true")
 
@@ -442,18 +447,11 @@ def _sibling_png(location: str, tag: str) -> str:
 
 @_command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
-    from cellcut.errors import ConfigError
     from cellcut.io import check_label_values, read_volume, write_json
-    from cellcut.metrics import evaluate
+    from cellcut.metrics import check_thresholds, evaluate
     from cellcut.outputs import OutputSet
 
-    bad = [t for t in args.thresholds if not 0 < t <= 1]
-    if bad:
-        raise ConfigError(
-            "invalid option",
-            f"--thresholds {bad[0]:g} is not an IoU (from 0 to 1)",
-            "give thresholds above 0 and up to 1, e.g. --thresholds 0.5 0.75",
-        )
+    check_thresholds(args.thresholds)
     outputs = OutputSet(
         {"scores": args.json}, overwrite=args.overwrite, inputs=[args.truth, args.prediction]
     )

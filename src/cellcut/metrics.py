@@ -213,10 +213,26 @@ class Evaluation:
         return "\n".join(lines)
 
 
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """IoU thresholds: numbers above 0 and up to 1; a ConfigError otherwise."""
+    from cellcut.errors import ConfigError
+
+    values = tuple(float(t) for t in thresholds)
+    bad = [t for t in values if not 0 < t <= 1]
+    if bad or not values:
+        raise ConfigError(
+            "invalid option",
+            f"threshold {bad[0]:g} is not an IoU (from 0 to 1)" if bad else "no threshold given",
+            "give thresholds above 0 and up to 1, e.g. --thresholds 0.5 0.75",
+        )
+    return values
+
+
 def evaluate(
     truth: np.ndarray, pred: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
 ) -> Evaluation:
     """Foreground Dice/IoU and instance matching of ``pred`` against ``truth`` labels."""
+    thresholds = check_thresholds(thresholds)
     truth = np.asarray(truth)
     pred = np.asarray(pred)
     _check_same_shape(truth, pred)
