@@ -196,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the available trained models and their cards")
 
     p = sub.add_parser(
+        "export",
+        help="write a model for other tools: bioimage.io package, ONNX, TorchScript",
+        description="Export the encoder of a cellcut model (softmax class probabilities of an "
+        "image normalized to 0..1; spatial sizes multiples of 8). Needs the interop extra: "
+        "pip install 'cellcut[interop]'.",
+    )
+    p.add_argument("model", help="default, a model name, a run folder or a checkpoint")
+    p.add_argument("--bioimageio", metavar="OUT.zip", help="a bioimage.io model package")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="ONNX (opset 17)")
+    p.add_argument("--torchscript", metavar="OUT.pt", help="TorchScript (traced)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser(
         "demo",
         help="the whole story on the bundled sample: fine-tune, segment, statistics, pictures",
     )
@@ -493,6 +506,37 @@ def _models(args: argparse.Namespace) -> int:
         if m.get("card"):
             for line in m["card"].splitlines():
                 print(f"    {line}")
+    return 0
+
+
+@_command("export")
+def _export(args: argparse.Namespace) -> int:
+    from cellcut.errors import ConfigError
+    from cellcut.model import load_model, resolve_model_path
+    from cellcut.model.export import export_bioimageio, export_onnx, export_torchscript
+    from cellcut.outputs import OutputSet
+
+    targets = {"bioimageio": args.bioimageio, "onnx": args.onnx, "torchscript": args.torchscript}
+    if not any(targets.values()):
+        raise ConfigError(
+            "nothing to export",
+            "no output was given",
+            "pass --bioimageio OUT.zip, --onnx OUT.onnx and/or --torchscript OUT.pt",
+        )
+    path = resolve_model_path(args.model)
+    outputs = OutputSet(targets, overwrite=args.overwrite, inputs=[path])
+    outputs.check()
+    loaded = load_model(path)
+    with outputs:
+        if args.bioimageio:
+            export_bioimageio(path, outputs.staged("bioimageio"), overwrite=True)
+        if args.onnx:
+            export_onnx(loaded, outputs.staged("onnx"))
+        if args.torchscript:
+            export_torchscript(loaded, outputs.staged("torchscript"))
+        final = outputs.commit()
+    for role, target in final.items():
+        print(f"{role + ':':<12} {target}")
     return 0
 
 

@@ -125,9 +125,10 @@ class Checkpoint:
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
         """Read a checkpoint (a file, or a run folder holding one).
 
-        Raises CheckpointError when it is missing, corrupt, not cellcut's, or newer than this
-        version of cellcut. Keys that older versions wrote and this one does not know are
-        ignored.
+        Models of other tools (napari-cellseg3d state dicts and ONNX files, bioimage.io
+        packages) are converted (:mod:`cellcut.model.foreign`). Raises CheckpointError when it
+        is missing, corrupt, not a model cellcut reads, or newer than this version of cellcut.
+        Keys that older versions wrote and this one does not know are ignored.
         """
         p = Path(path)
         if p.is_dir():
@@ -139,6 +140,12 @@ class Checkpoint:
                 "give a run folder or a checkpoint/model file",
                 file=p,
             )
+        from cellcut.model import foreign
+
+        if p.suffix.lower() == ".zip" or p.name in ("rdf.yaml", "bioimageio.yaml"):
+            return foreign.from_bioimageio(p)
+        if p.suffix.lower() == ".onnx":
+            return foreign.from_onnx(p)
         try:
             data = torch.load(p, map_location=map_location, weights_only=True)
         except Exception as e:  # torch raises many types for damaged files
@@ -148,6 +155,8 @@ class Checkpoint:
                 "use an intact copy, or the previous checkpoint",
                 file=p,
             ) from e
+        if foreign.is_cellseg3d(data):
+            return foreign.from_cellseg3d(data, os.fspath(p))
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(
                 "cannot load checkpoint",
@@ -176,7 +185,10 @@ class Checkpoint:
 
 @dataclass
 class LoadedModel:
-    """A model rebuilt from a checkpoint, in eval mode, and what inference needs with it."""
+    """A model rebuilt from a checkpoint, in eval mode, and what inference needs with it.
+
+    ``foreground_classes`` is empty for a model made elsewhere that does not say which class
+    holds the cells: segmentation decides it on the image, by brightness."""
 
     model: WNet3D | RefinedNet3D
     foreground_classes: list[int]
@@ -196,7 +208,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ckpt = Checkpoint.load(path, map_location)
     model = ckpt.build_model(os.fspath(path))
     model.eval()
-    classes = list(ckpt.foreground_classes or [0])
+    undecided = not ckpt.foreground_classes and "imported_from" in ckpt.config
+    classes = [] if undecided else list(ckpt.foreground_classes or [0])
     if any(not 0 <= c < model.n_classes for c in classes):
         raise CheckpointError(
             "cannot load model",

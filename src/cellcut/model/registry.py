@@ -46,7 +46,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     p = Path(text)
     if p.exists():
         return p / "checkpoint.pt" if p.is_dir() else p
-    if os.sep in text or text.endswith(".pt"):
+    if os.sep in text or text.lower().endswith((".pt", ".pth", ".onnx", ".zip", ".yaml")):
         raise CheckpointError(
             "cannot load model",
             "the file does not exist",

@@ -46,6 +46,7 @@ from cellcut.segmentation.labelling import Labelling, instance_halo, label_block
 from cellcut.segmentation.predict import (
     Progress,
     crf_probability,
+    decide_foreground,
     predict_probability,
     resolve_model,
 )
@@ -160,6 +161,7 @@ def segment(
         norm = fit_normalization(
             vol.data, loaded.normalization, source=vol.source, blur=blur_voxels
         )
+        loaded = decide_foreground(vol.data, loaded, norm, blur_voxels, device)
     release_free_memory()
     nbytes = int(np.prod(vol.shape)) * 4
     in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES

@@ -42,6 +42,44 @@ def resolve_model(
     return loaded
 
 
+def decide_foreground(
+    volume: Any,
+    loaded: LoadedModel,
+    normalization: Callable[[np.ndarray], np.ndarray] | None,
+    denoise: Sequence[float] | None,
+    device: str | torch.device,
+    windows: int = 4,
+) -> LoadedModel:
+    """For a model that does not say which class holds the cells (one made elsewhere): decide
+    on this image, by brightness (:func:`~cellcut.model.classes.choose_foreground_classes`),
+    from ``windows`` windows of 64³ spread along the volume's longest axis."""
+    import dataclasses
+
+    from cellcut.model.classes import choose_foreground_classes
+
+    if loaded.foreground_classes:
+        return loaded
+    shape = tuple(int(s) for s in volume.shape)
+    size = [min(64, s) for s in shape]
+    axis = int(np.argmax([s - c for s, c in zip(shape, size, strict=True)]))
+    starts = np.linspace(0, shape[axis] - size[axis], windows).round().astype(int)
+    blur = tuple(float(v) for v in denoise) if denoise and any(v > 0 for v in denoise) else None
+    patches, probs = [], []
+    for start in sorted(set(starts.tolist())):
+        corner = [(s - c) // 2 for s, c in zip(shape, size, strict=True)]
+        corner[axis] = start
+        region = tuple(slice(a, a + c) for a, c in zip(corner, size, strict=True))
+        data = _read(volume, region, shape, blur)
+        if normalization is not None:
+            data = normalization(data)
+        x = torch.from_numpy(np.ascontiguousarray(data))[None, None]
+        with torch.inference_mode():
+            probs.append(loaded.model.encode(x.to(device) / loaded.input_scale).float().cpu())
+        patches.append(x)
+    fg = choose_foreground_classes(torch.cat(probs), torch.cat(patches))
+    return dataclasses.replace(loaded, foreground_classes=fg)
+
+
 def predict_probability(
     volume: Any,
     model: LoadedModel,
