@@ -500,6 +500,8 @@ def _models(args: argparse.Namespace) -> int:
         print("no models found")
     for m in models:
         kind = {"wnet": "W-Net", "refined": "refined (cellcut refine)"}.get(m["kind"], m["kind"])
+        if m.get("origin") not in (None, "", "cellcut"):
+            kind += f" from {m['origin']}"
         print(
             f"{m['name']}: {kind}, {m['path']} ({m['size_mb']:.1f} MB, sha256 {m['sha256'][:12]}…)"
         )

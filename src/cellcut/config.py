@@ -14,7 +14,7 @@ the run can be reproduced.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,11 +34,6 @@ from cellcut.errors import CellcutError, ConfigError
 from cellcut.normalize import METHODS as NORMALIZATIONS
 from cellcut.outputs import atomic_output
 from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CONFIG_VERSION = 1
 

@@ -20,15 +20,12 @@ import torch
 
 from cellcut._version import __version__
 from cellcut.errors import CheckpointError
-from cellcut.model.network import RefinedNet3D, WNet3D, WNetArchitecture
+from cellcut.model.network import KINDS, RefinedNet3D, WNet3D, WNetArchitecture
 from cellcut.outputs import atomic_output
 
 FORMAT = "cellcut-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
-KINDS = {"wnet": WNet3D, "refined": RefinedNet3D}
-"""What a checkpoint's network is: a W-Net (``cellcut train``) or the supervised second stage
-(``cellcut refine``); checkpoints written before refinement existed are W-Nets."""
 
 
 @dataclass
@@ -140,12 +137,17 @@ class Checkpoint:
                 "give a run folder or a checkpoint/model file",
                 file=p,
             )
-        from cellcut.model import foreign
+        from cellcut.model.foreign import (
+            from_bioimageio,
+            from_cellseg3d,
+            from_onnx,
+            is_cellseg3d,
+        )
 
         if p.suffix.lower() == ".zip" or p.name in ("rdf.yaml", "bioimageio.yaml"):
-            return foreign.from_bioimageio(p)
+            return cls(**from_bioimageio(p))
         if p.suffix.lower() == ".onnx":
-            return foreign.from_onnx(p)
+            return cls(**from_onnx(p))
         try:
             data = torch.load(p, map_location=map_location, weights_only=True)
         except Exception as e:  # torch raises many types for damaged files
@@ -155,8 +157,8 @@ class Checkpoint:
                 "use an intact copy, or the previous checkpoint",
                 file=p,
             ) from e
-        if foreign.is_cellseg3d(data):
-            return foreign.from_cellseg3d(data, os.fspath(p))
+        if is_cellseg3d(data):
+            return cls(**from_cellseg3d(data, os.fspath(p)))
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError(
                 "cannot load checkpoint",

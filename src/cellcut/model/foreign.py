@@ -63,11 +63,11 @@ def _rename(key: str) -> str:
     return key
 
 
-def from_cellseg3d(state: dict[str, torch.Tensor], source: str) -> Any:
-    """A cellcut :class:`~cellcut.model.Checkpoint` of a napari-cellseg3d WNet3D state dict."""
+def from_cellseg3d(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
+    """The fields of a cellcut checkpoint (:class:`~cellcut.model.Checkpoint`) for a
+    napari-cellseg3d WNet3D state dict."""
     from dataclasses import asdict
 
-    from cellcut.model.checkpoint import Checkpoint
     from cellcut.model.network import WNet3D
 
     try:
@@ -96,7 +96,7 @@ def from_cellseg3d(state: dict[str, torch.Tensor], source: str) -> Any:
             file=source,
         )
     note = "decoder initialised at random (the file held the encoder only)" if missing else ""
-    return Checkpoint(
+    return dict(
         architecture=asdict(model.arch),
         model={k: v.detach().clone() for k, v in model.state_dict().items()},
         config={
@@ -110,8 +110,8 @@ def from_cellseg3d(state: dict[str, torch.Tensor], source: str) -> Any:
     )
 
 
-def from_onnx(path: Path) -> Any:
-    """A checkpoint from an ONNX file of a WNet3D encoder: napari-cellseg3d's (parameter names
+def from_onnx(path: Path) -> dict[str, Any]:
+    """Checkpoint fields from an ONNX file of a WNet3D encoder: napari-cellseg3d's (parameter names
     kept by its exporter) or cellcut's own export."""
     try:
         import onnx
@@ -192,12 +192,10 @@ def _group_norms(graph: Any, arrays: dict[str, np.ndarray]) -> dict[str, torch.T
     }
 
 
-def from_bioimageio(path: Path) -> Any:
-    """A checkpoint from a bioimage.io package (``.zip``, or its ``rdf.yaml``) exported by
+def from_bioimageio(path: Path) -> dict[str, Any]:
+    """Checkpoint fields from a bioimage.io package (``.zip``, or its ``rdf.yaml``) exported by
     cellcut; other packages are refused, saying why."""
     import yaml
-
-    from cellcut.model.checkpoint import Checkpoint
 
     try:
         if path.suffix.lower() == ".zip":
@@ -235,7 +233,7 @@ def from_bioimageio(path: Path) -> Any:
     try:
         state = torch.load(io.BytesIO(read(weights["source"])), weights_only=True)
         encoder = {k.removeprefix("net."): v for k, v in state.items()}
-        return _rebuild(mine, encoder, os.fspath(path), Checkpoint)
+        return _rebuild(mine, encoder, os.fspath(path))
     except CheckpointError:
         raise
     except Exception as e:
@@ -244,16 +242,15 @@ def from_bioimageio(path: Path) -> Any:
         ) from e
 
 
-def _rebuild(mine: dict, encoder: dict, source: str, checkpoint_cls: Any) -> Any:
-    from cellcut.model.checkpoint import KINDS
-    from cellcut.model.network import WNetArchitecture
+def _rebuild(mine: dict, encoder: dict, source: str) -> dict[str, Any]:
+    from cellcut.model.network import KINDS, WNetArchitecture
 
     kind = mine.get("kind", "wnet")
     model = KINDS[kind].from_architecture(WNetArchitecture(**mine["architecture"]))
     model.classifier().load_state_dict(encoder)
     note = "decoder initialised at random (bioimage.io packages hold the encoder)"
     note = note if kind == "wnet" else ""
-    return checkpoint_cls(
+    return dict(
         architecture=dict(mine["architecture"]),
         model={k: v.detach().clone() for k, v in model.state_dict().items()},
         config={

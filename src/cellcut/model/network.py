@@ -367,3 +367,8 @@ def _validate(arch: WNetArchitecture) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+KINDS: dict[str, type[_PaddedNet]] = {"wnet": WNet3D, "refined": RefinedNet3D}
+"""What a checkpoint's network is: a W-Net (``cellcut train``) or the supervised second stage
+(``cellcut refine``); checkpoints written before refinement existed are W-Nets."""

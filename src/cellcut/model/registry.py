@@ -22,6 +22,11 @@ def _package_models() -> Path:
     return Path(str(resources.files("cellcut") / "weights"))
 
 
+FOREIGN_SUFFIXES = (".zip", ".pth", ".onnx")
+"""Models of other tools a model folder may hold (bioimage.io packages, napari-cellseg3d
+state dicts and ONNX files; :mod:`cellcut.model.foreign`)."""
+
+
 def model_dirs() -> list[Path]:
     """Folders searched for named models: $CELLCUT_MODELS (os.pathsep-separated), the package."""
     dirs = [Path(p) for p in os.environ.get("CELLCUT_MODELS", "").split(os.pathsep) if p]
@@ -58,6 +63,12 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
         if candidate.exists():
             _verify(candidate)
             return candidate
+        for suffix in FOREIGN_SUFFIXES:  # other tools' models put in a model folder
+            candidate = folder / f"{text}{suffix}"
+            if candidate.exists():
+                if candidate.with_suffix(".sha256").exists():
+                    _verify(candidate)
+                return candidate
     searched = ", ".join(str(d) for d in model_dirs())
     raise CheckpointError(
         "cannot load model",
@@ -94,16 +105,19 @@ def list_models() -> list[dict]:
     for folder in model_dirs():
         if not folder.is_dir():
             continue
-        for path in sorted(folder.glob("*.pt")):
+        files = [p for s in (".pt", *FOREIGN_SUFFIXES) for p in sorted(folder.glob(f"*{s}"))]
+        for path in files:
             name = path.stem
             if name in seen:
                 continue
             seen.add(name)
             card = path.with_suffix(".md")
+            kind, origin = _kind(path)
             out.append(
                 {
                     "name": name,
-                    "kind": _kind(path),
+                    "kind": kind,
+                    "origin": origin,
                     "path": str(path),
                     "size_mb": path.stat().st_size / 2**20,
                     "sha256": sha256(path),
@@ -113,13 +127,14 @@ def list_models() -> list[dict]:
     return out
 
 
-def _kind(path: Path) -> str:
-    """The network a model file holds (:data:`cellcut.model.checkpoint.KINDS`), or
-    "unreadable"."""
+def _kind(path: Path) -> tuple[str, str]:
+    """The network a model file holds (:data:`cellcut.model.checkpoint.KINDS`, or
+    "unreadable") and the tool it came from ("cellcut", "napari-cellseg3d", "bioimage.io")."""
     try:
-        return Checkpoint.load(path).kind
+        ckpt = Checkpoint.load(path)
     except CheckpointError:
-        return "unreadable"
+        return "unreadable", ""
+    return ckpt.kind, (ckpt.config.get("imported_from") or {}).get("tool", "cellcut")
 
 
 def export_model(checkpoint: str | os.PathLike, dest: str | os.PathLike, card: str = "") -> Path:
