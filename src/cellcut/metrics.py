@@ -5,7 +5,9 @@ predicted and true objects are paired one-to-one so as to maximise the number of
 intersection over union (IoU) reaches a threshold, ties broken by total IoU (an optimal
 assignment, scipy's ``linear_sum_assignment``). From the pairs at each threshold: true
 positives, false positives, false negatives, precision TP/(TP+FP), recall TP/(TP+FN),
-F1 = 2TP/(2TP+FP+FN), and panoptic quality PQ = (Σ IoU of pairs) / (TP + FP/2 + FN/2).
+F1 = 2TP/(2TP+FP+FN), accuracy TP/(TP+FP+FN) (the figure Cellpose and StarDist papers
+report as "average precision"), and panoptic quality PQ = (Σ IoU of pairs) / (TP + FP/2 + FN/2).
+:meth:`MatchResult.to_dict` names them as ``stardist.matching`` does.
 """
 
 from __future__ import annotations
@@ -96,6 +98,29 @@ class MatchResult:
     f1: float
     mean_matched_iou: float
     panoptic_quality: float
+    accuracy: float = 0.0
+    n_true: int = 0
+    n_pred: int = 0
+    mean_true_iou: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The scores with ``stardist.matching``'s field names (``criterion`` "iou")."""
+        return {
+            "criterion": "iou",
+            "thresh": self.threshold,
+            "fp": self.fp,
+            "tp": self.tp,
+            "fn": self.fn,
+            "precision": self.precision,
+            "recall": self.recall,
+            "accuracy": self.accuracy,
+            "f1": self.f1,
+            "n_true": self.n_true,
+            "n_pred": self.n_pred,
+            "mean_true_score": self.mean_true_iou,
+            "mean_matched_score": self.mean_matched_iou,
+            "panoptic_quality": self.panoptic_quality,
+        }
 
 
 def _match(matrix: sparse.csr_matrix, threshold: float) -> tuple[int, float]:
@@ -164,6 +189,10 @@ def match_instances(
                 f1=f1,
                 mean_matched_iou=iou_sum / tp if tp else 0.0,
                 panoptic_quality=iou_sum / pq_denom if pq_denom else 1.0,
+                accuracy=tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+                n_true=n_true,
+                n_pred=n_pred,
+                mean_true_iou=iou_sum / n_true if n_true else 0.0,
             )
         )
     return results
@@ -195,6 +224,7 @@ class Evaluation:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["matches"] = [m.to_dict() for m in self.matches]
         out["mean_f1"] = self.mean_f1
         return out
 
@@ -202,12 +232,12 @@ class Evaluation:
         lines = [
             f"foreground Dice {self.dice:.4f}  IoU {self.iou:.4f}  "
             f"objects: truth {self.n_true}, predicted {self.n_pred}",
-            "IoU thr  TP    FP    FN    precision recall  F1      PQ",
+            "IoU thr  TP    FP    FN    precision recall  accuracy F1      PQ",
         ]
         for m in self.matches:
             lines.append(
                 f"{m.threshold:<8.1f} {m.tp:<5d} {m.fp:<5d} {m.fn:<5d} {m.precision:<9.4f} "
-                f"{m.recall:<7.4f} {m.f1:<7.4f} {m.panoptic_quality:.4f}"
+                f"{m.recall:<7.4f} {m.accuracy:<8.4f} {m.f1:<7.4f} {m.panoptic_quality:.4f}"
             )
         lines.append(f"mean F1 over thresholds: {self.mean_f1:.4f}")
         return "\n".join(lines)

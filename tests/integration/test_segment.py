@@ -91,13 +91,13 @@ def test_statistics_hand_checked():
     image = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
     rows, summary = cell_statistics(labels, image, (2.0, 1.0, 1.0), block=(2, 2, 2))
     first = rows[0]
-    assert first["volume_voxels"] == 12 and first["volume_um3"] == 24.0
-    assert first["centroid_z"] == pytest.approx(1.5) and first["centroid_z_um"] == pytest.approx(3)
-    assert first["centroid_x"] == pytest.approx(2.0)
-    assert first["mean_intensity"] == pytest.approx(image[labels == 1].mean())
-    assert first["max_intensity"] == image[labels == 1].max()
-    assert (first["bbox_min_z"], first["bbox_max_x"]) == (1, 3)
-    assert rows[1]["volume_voxels"] == 1 and summary["cells"] == 2
+    assert first["area"] == 12 and first["volume_um3"] == 24.0
+    assert first["centroid-0"] == pytest.approx(1.5) and first["centroid_z_um"] == pytest.approx(3)
+    assert first["centroid-2"] == pytest.approx(2.0)
+    assert first["intensity_mean"] == pytest.approx(image[labels == 1].mean())
+    assert first["intensity_max"] == image[labels == 1].max()
+    assert (first["bbox-0"], first["bbox-5"]) == (1, 4)
+    assert rows[1]["area"] == 1 and summary["cells"] == 2
 
 
 def test_cli_segment_and_evaluate(tmp_path, trained, capsys):

@@ -16,13 +16,13 @@ def test_rows_read_from_columns_with_python_types():
     table, summary = cell_statistics(labels, image, (2.0, 1.0, 1.0), block=(2, 3, 4))
     assert isinstance(table, CellTable) and len(table) == 2 == summary["cells"]
     first, last = table[0], table[-1]
-    assert first["id"] == 3 and last["id"] == 7
-    assert type(first["id"]) is int and type(first["volume_voxels"]) is int
+    assert first["label"] == 3 and last["label"] == 7
+    assert type(first["label"]) is int and type(first["area"]) is int
     assert type(first["volume_um3"]) is float and first["volume_um3"] == 2.0
-    assert last["volume_voxels"] == 8 and last["centroid_z"] == 1.5 and last["centroid_z_um"] == 3.0
-    assert last["bbox_min_y"] == 1 and last["bbox_max_y"] == 2
-    assert last["mean_intensity"] == pytest.approx(image[1:3, 1:3, 1:3].mean())
-    assert [r["id"] for r in table] == [3, 7] and table[0:1] == [first]
+    assert last["area"] == 8 and last["centroid-0"] == 1.5 and last["centroid_z_um"] == 3.0
+    assert last["bbox-1"] == 1 and last["bbox-4"] == 3
+    assert last["intensity_mean"] == pytest.approx(image[1:3, 1:3, 1:3].mean())
+    assert [r["label"] for r in table] == [3, 7] and table[0:1] == [first]
     with pytest.raises(IndexError):
         table[2]
 
@@ -31,7 +31,8 @@ def test_empty_volume_gives_an_empty_table_and_a_header_only_csv(tmp_path):
     table, summary = cell_statistics(np.zeros((3, 3, 3), np.int32), np.ones((3, 3, 3)), None)
     assert len(table) == 0 and summary["cells"] == 0
     path = write_stats_csv(tmp_path / "cells.csv", table, overwrite=False)
-    assert path.read_text().strip() == "id"
+    header = path.read_text().strip()
+    assert header.startswith("label,centroid-0,centroid-1,centroid-2,") and "bbox-5" in header
 
 
 def test_a_million_cells_take_columns_not_dicts():

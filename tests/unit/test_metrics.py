@@ -28,6 +28,16 @@ def test_matching_hand_computed():
     assert m[0.5].panoptic_quality == pytest.approx((0.75 + 2 / 3) / (2 + 0.5))
     assert (m[0.7].tp, m[0.7].fp, m[0.7].fn) == (1, 1, 2)
     assert m[0.8].tp == 0
+    assert m[0.5].accuracy == pytest.approx(2 / 3) and m[0.7].accuracy == pytest.approx(1 / 4)
+    named = m[0.5].to_dict()  # stardist.matching's field names and values
+    assert named == {
+        "criterion": "iou", "thresh": 0.5, "fp": 0, "tp": 2, "fn": 1,
+        "precision": 1.0, "recall": pytest.approx(2 / 3), "accuracy": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8), "n_true": 3, "n_pred": 2,
+        "mean_true_score": pytest.approx((0.75 + 2 / 3) / 3),
+        "mean_matched_score": pytest.approx((0.75 + 2 / 3) / 2),
+        "panoptic_quality": pytest.approx((0.75 + 2 / 3) / 2.5),
+    }  # fmt: skip
 
 
 def brute_force_tp(matrix, threshold):

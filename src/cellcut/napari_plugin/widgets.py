@@ -670,13 +670,13 @@ class SegmentWidget(QWidget):
 
     def show_table(self, rows: list[dict]) -> None:
         columns = [
-            "id",
+            "label",
             "centroid_z_um",
             "centroid_y_um",
             "centroid_x_um",
             "volume_um3",
-            "mean_intensity",
-            "max_intensity",
+            "intensity_mean",
+            "intensity_max",
         ]
         self.table.clear()
         self.table.setColumnCount(len(columns))
@@ -751,7 +751,7 @@ class EvaluateWidget(QWidget):
             f"Dice {r.dice:.4f}, IoU {r.iou:.4f}, truth {r.n_true} objects, "
             f"prediction {r.n_pred}; mean F1 {r.mean_f1:.4f}"
         )
-        columns = ["IoU threshold", "TP", "FP", "FN", "precision", "recall", "F1", "PQ"]
+        columns = ["IoU threshold", "TP", "FP", "FN", "precision", "recall", "accuracy", "F1", "PQ"]
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(r.matches))
@@ -764,6 +764,7 @@ class EvaluateWidget(QWidget):
                 m.fn,
                 m.precision,
                 m.recall,
+                m.accuracy,
                 m.f1,
                 m.panoptic_quality,
             ]

@@ -312,7 +312,7 @@ def _self_check(
     rows: Any, shape: Sequence[int], voxel_size: Sequence[float] | None, fingerprint: Fingerprint
 ) -> list[str]:
     columns = rows.columns
-    fraction = float(columns["volume_voxels"].sum()) / float(np.prod(shape))
+    fraction = float(columns["area"].sum()) / float(np.prod(shape))
     voxel_volume = float(np.prod(voxel_size)) if voxel_size else 1.0
     findings = check_segmentation(columns["volume_um3"], fraction, fingerprint, voxel_volume)
     return [f.message for f in findings]

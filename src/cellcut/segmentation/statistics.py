@@ -3,6 +3,10 @@
 Memory stays at one block (and a few planes inside it) whatever the volume; the per-cell
 table is held as columns (:class:`CellTable`), about 150 bytes per cell, so a whole brain's
 millions of cells fit in memory.
+
+Columns are named as ``skimage.measure.regionprops_table`` names them where they mean the same
+(``label``, ``centroid-0..2``, ``area`` in voxels, ``intensity_mean``, ``intensity_max``,
+``bbox-0..5`` with exclusive maxima), plus physical ones (``centroid_z_um``…, ``volume_um3``).
 """
 
 from __future__ import annotations
@@ -135,18 +139,18 @@ class _Accumulator:
         acc = self.acc
         ids = np.flatnonzero(acc["count"][1:] > 0) + 1
         count = acc["count"][ids]
-        columns: dict[str, np.ndarray] = {"id": ids.astype(np.int64)}
-        for a in _AXES:
-            columns[f"centroid_{a}"] = acc[f"sum_{a}"][ids] / count
+        columns: dict[str, np.ndarray] = {"label": ids.astype(np.int64)}
         for axis, a in enumerate(_AXES):
-            columns[f"centroid_{a}_um"] = columns[f"centroid_{a}"] * voxel_size[axis]
-        columns["volume_voxels"] = count.astype(np.int64)
+            columns[f"centroid-{axis}"] = acc[f"sum_{a}"][ids] / count
+        for axis, a in enumerate(_AXES):
+            columns[f"centroid_{a}_um"] = columns[f"centroid-{axis}"] * voxel_size[axis]
+        columns["area"] = count.astype(np.int64)
         columns["volume_um3"] = count * float(np.prod(voxel_size))
-        columns["mean_intensity"] = acc["sum_i"][ids] / count
-        columns["max_intensity"] = acc["max_i"][ids]
-        for k in ("min", "max"):
-            for a in _AXES:
-                columns[f"bbox_{k}_{a}"] = acc[f"{k}_{a}"][ids].astype(np.int64)
+        columns["intensity_mean"] = acc["sum_i"][ids] / count
+        columns["intensity_max"] = acc["max_i"][ids]
+        for k, (key, end) in enumerate((("min", 0), ("max", 1))):
+            for axis, a in enumerate(_AXES):  # regionprops' bbox: the max is exclusive
+                columns[f"bbox-{3 * k + axis}"] = acc[f"{key}_{a}"][ids].astype(np.int64) + end
         return columns
 
 
@@ -206,7 +210,10 @@ def write_stats_csv(
     """Write per-cell rows as CSV atomically (one row at a time: a CellTable never becomes a
     list of dicts)."""
     target = check_output(path, overwrite)
-    fields = list(rows[0].keys()) if len(rows) else ["id"]
+    if isinstance(rows, CellTable) and rows.columns:
+        fields = list(rows.columns)  # the header even for no cell
+    else:
+        fields = list(rows[0].keys()) if len(rows) else ["label"]
     with atomic_output(target) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fields)
         w.writeheader()
