@@ -199,6 +199,7 @@ class LoadedModel:
     input_scale: float
     source: str
     kind: str = "wnet"
+    percentiles: tuple[float, float] | None = None  # of "percentile", where not the default
 
     @property
     def n_classes(self) -> int:
@@ -206,7 +207,22 @@ class LoadedModel:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Load a trained model for inference from a run folder or checkpoint file."""
+    """Load a trained model for inference from a run folder or checkpoint file, or a model of
+    another tool (:mod:`cellcut.model.foreign`)."""
+    from cellcut.model.foreign import scripted_model
+
+    scripted = scripted_model(Path(path))
+    if scripted is not None:  # a bioimage.io package of another tool: its TorchScript network
+        net, percentiles = scripted
+        return LoadedModel(
+            model=net,  # type: ignore[arg-type]
+            foreground_classes=[],
+            normalization="percentile",
+            intensity_sigma=None,
+            input_scale=100.0,
+            source=os.fspath(path),
+            percentiles=percentiles,
+        )
     ckpt = Checkpoint.load(path, map_location)
     model = ckpt.build_model(os.fspath(path))
     model.eval()

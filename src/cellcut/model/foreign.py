@@ -221,11 +221,10 @@ def from_bioimageio(path: Path) -> dict[str, Any]:
     weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
     if not mine or not weights:
         raise CheckpointError(
-            "cannot load model",
-            "this bioimage.io package was not exported by cellcut (no config.cellcut section and "
-            "pytorch_state_dict weights): cellcut cannot know its normalization, classes and "
-            "post-processing",
-            "run it in a bioimage.io consumer (bioimageio.core, deepImageJ, ilastik)",
+            "cannot train from this model",
+            "this bioimage.io package was not exported by cellcut (no config.cellcut section "
+            "and pytorch_state_dict weights), so its network cannot be rebuilt for training",
+            "segment with it (cellcut segment --model PACKAGE), or fine-tune a cellcut model",
             file=path,
         )
     import io
@@ -266,3 +265,101 @@ def _rebuild(mine: dict, encoder: dict, source: str) -> dict[str, Any]:
         input_scale=float(mine.get("input_scale", 100.0)),
         intensity_sigma=mine.get("intensity_sigma"),
     )
+
+
+class ScriptedEncoder(torch.nn.Module):
+    """A bioimage.io package's TorchScript network used as a W-Net encoder: the image in,
+    class probabilities out. Inputs are padded (by reflection) to the package's size step and
+    the output cropped back, as cellcut's own networks do."""
+
+    def __init__(self, module: torch.nn.Module, step: int, n_classes: int) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.module = module
+        self.step = int(step)
+        self.arch = SimpleNamespace(in_channels=1, n_classes=int(n_classes), depth=0)
+
+    @property
+    def n_classes(self) -> int:
+        return self.arch.n_classes
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        pads: list[int] = []
+        for s in reversed(size):
+            extra = (-s) % self.step
+            pads += [extra // 2, extra - extra // 2]
+        xp = torch.nn.functional.pad(x, pads, mode="replicate") if any(pads) else x
+        y = self.module(xp)
+        index = [slice(None), slice(None)]
+        for axis in range(3):
+            lo, hi = pads[2 * (2 - axis)], pads[2 * (2 - axis) + 1]
+            index.append(slice(lo, y.shape[2 + axis] - hi))
+        return y[tuple(index)]
+
+
+def _contract(rdf: dict) -> tuple[tuple[float, float], int, int, str]:
+    """What a package made by another tool must be for cellcut to run it as a W-Net encoder:
+    one single-channel (z, y, x) input scaled by percentiles, one output of K ≥ 2 class
+    probabilities of the same size, TorchScript weights. Returns (percentiles, size step, K,
+    weights file), or raises a CheckpointError saying what differs."""
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(
+            "cannot use this bioimage.io package",
+            f"{why}; cellcut runs packages whose network maps one percentile-scaled channel "
+            "(z, y, x) to class probabilities",
+            "run it in a bioimage.io consumer (bioimageio.core, deepImageJ, ilastik)",
+        )
+
+    inputs, outputs = rdf.get("inputs") or [], rdf.get("outputs") or []
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise refuse(f"it has {len(inputs)} inputs and {len(outputs)} outputs")
+    axes = inputs[0].get("axes") or []
+    kinds = [a.get("type") for a in axes]
+    spatial = [a for a in axes if a.get("type") == "space"]
+    if kinds[-3:] != ["space"] * 3 or [a.get("id") for a in spatial] != ["z", "y", "x"]:
+        raise refuse(f"its input axes are {[a.get('id', a.get('type')) for a in axes]}")
+    steps = {int(a["size"].get("step", 1)) for a in spatial if isinstance(a.get("size"), dict)} or {
+        1
+    }
+    scaling = [p for p in inputs[0].get("preprocessing") or [] if p.get("id") != "ensure_dtype"]
+    if not scaling or scaling[0].get("id") != "scale_range":
+        raise refuse(f"its preprocessing is {[p.get('id') for p in scaling] or 'none'}")
+    kwargs = scaling[0].get("kwargs") or {}
+    percentiles = (float(kwargs.get("min_percentile", 0)), float(kwargs.get("max_percentile", 100)))
+    channel = next((a for a in outputs[0].get("axes") or [] if a.get("type") == "channel"), None)
+    n_classes = len((channel or {}).get("channel_names") or [])
+    if n_classes < 2:
+        raise refuse("its output has no channel axis of class probabilities")
+    weights = (rdf.get("weights") or {}).get("torchscript")
+    if not weights:
+        raise refuse("it has no TorchScript weights")
+    return percentiles, max(steps), n_classes, weights["source"]
+
+
+def scripted_model(path: Path) -> tuple[ScriptedEncoder, tuple[float, float]] | None:
+    """The network of a bioimage.io package made by another tool, when it keeps cellcut's
+    contract (:func:`_contract`), and its percentiles; None for cellcut's own packages."""
+    import io
+
+    import yaml
+
+    if path.suffix.lower() != ".zip":
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            rdf = yaml.safe_load(z.read("rdf.yaml"))
+            if not isinstance(rdf, dict) or (rdf.get("config") or {}).get("cellcut"):
+                return None
+            percentiles, step, n_classes, source = _contract(rdf)
+            module = torch.jit.load(io.BytesIO(z.read(source)), map_location="cpu")
+    except CheckpointError as e:
+        e.file = os.fspath(path)
+        raise
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, RuntimeError) as e:
+        raise CheckpointError(
+            "cannot load model", f"not a readable bioimage.io package ({str(e)[:120]})", file=path
+        ) from e
+    return ScriptedEncoder(module.eval(), step, n_classes), percentiles

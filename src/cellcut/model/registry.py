@@ -130,7 +130,11 @@ def list_models() -> list[dict]:
 def _kind(path: Path) -> tuple[str, str]:
     """The network a model file holds (:data:`cellcut.model.checkpoint.KINDS`, or
     "unreadable") and the tool it came from ("cellcut", "napari-cellseg3d", "bioimage.io")."""
+    from cellcut.model.foreign import scripted_model
+
     try:
+        if scripted_model(path) is not None:
+            return "wnet", "bioimage.io (TorchScript, another tool's)"
         ckpt = Checkpoint.load(path)
     except CheckpointError:
         return "unreadable", ""

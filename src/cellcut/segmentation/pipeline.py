@@ -159,7 +159,11 @@ def segment(
         blur = _denoise_sigma(opts, fingerprint)
         blur_voxels = sigma_voxels(blur, voxel_size) if blur > 0 else None
         norm = fit_normalization(
-            vol.data, loaded.normalization, source=vol.source, blur=blur_voxels
+            vol.data,
+            loaded.normalization,
+            source=vol.source,
+            blur=blur_voxels,
+            **({"percentiles": loaded.percentiles} if loaded.percentiles else {}),
         )
         loaded = decide_foreground(vol.data, loaded, norm, blur_voxels, device)
     release_free_memory()
