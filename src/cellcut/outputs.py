@@ -103,6 +103,25 @@ def _probe_folder(folder: Path, target: Path) -> None:
         ) from e
 
 
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; returns those it created."""
+    missing = []
+    folder = path.parent
+    while str(folder) and not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(
+            "cannot write output",
+            f"its folder cannot be created ({e.strerror or e})",
+            "choose a path in a folder you can write to",
+            file=path,
+        ) from e
+    return missing
+
+
 def check_output(path: str | os.PathLike, overwrite: bool = False, create: bool = True) -> Path:
     """Check before any work that ``path`` can be written; with ``create``, make missing
     parent folders.
@@ -124,15 +143,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, create: bool 
             file=target,
         )
     if create:
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(
-                "cannot write output",
-                f"its folder cannot be created ({e.strerror or e})",
-                "choose a path in a folder you can write to",
-                file=target,
-            ) from e
+        make_parents(target)
     _probe_folder(_existing_ancestor(target), target)
     return target
 
@@ -339,21 +350,7 @@ class OutputSet:
         return f"{tmp}:{key}" if key else str(tmp)
 
     def _make_parent(self, path: Path) -> None:
-        missing = []
-        folder = path.parent
-        while str(folder) and not folder.exists() and folder != folder.parent:
-            missing.append(folder)
-            folder = folder.parent
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(
-                "cannot write output",
-                f"its folder cannot be created ({e.strerror or e})",
-                "choose a path in a folder you can write to",
-                file=path,
-            ) from e
-        self._created += [f for f in missing if f not in self._created]
+        self._created += [f for f in make_parents(path) if f not in self._created]
 
     def commit(self) -> dict[str, Path]:
         """Rename every staged output into place, under a journal; returns the final paths."""
