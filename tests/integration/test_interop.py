@@ -271,3 +271,39 @@ def test_model_folders_hold_other_tools_models(exported, tmp_path, monkeypatch, 
     assert resolve_model_path("shared") == folder / "shared.zip"
     assert main(["models"]) == 0
     assert "shared: W-Net from bioimage.io" in capsys.readouterr().out
+
+
+def test_a_refined_model_exports_and_comes_back(tmp_path):
+    """The supervised second stage: its network in the package, its seeded instances after."""
+    from bioimageio.core import test_model
+
+    from cellcut.refinement import refine
+    from cellcut.synthetic import make_nuclei_volume
+
+    v = make_nuclei_volume((16, 40, 40), seed=4, voxel_size=(1.5, 1, 1), radius_um=(3, 5))
+    tifffile.imwrite(tmp_path / "img.tif", v.image)
+    tifffile.imwrite(tmp_path / "lab.tif", v.labels)
+    run = refine([tmp_path / "img.tif"], tmp_path / "run", labels=[tmp_path / "lab.tif"],
+                 steps=2, patch_size=(16, 24, 24), batch_size=1, base_width=2, depth=1,
+                 progress=False, plots=False, minutes=None)  # fmt: skip
+    package = tmp_path / "refined.zip"
+    argv = [
+        "export",
+        str(run.run_dir),
+        "--bioimageio",
+        str(package),
+        "--onnx",
+        str(tmp_path / "r.onnx"),
+    ]
+    assert main(argv) == 0
+    assert test_model(str(package)).status == "passed"
+    with zipfile.ZipFile(package) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+    names = rdf["outputs"][0]["axes"][1]["channel_names"]
+    assert names == ["background", "boundary", "interior"]
+    loaded = load_model(package)
+    assert loaded.kind == "refined" and loaded.foreground_classes == [1, 2]
+    direct = segment(tmp_path / "img.tif", None, model=run.run_dir, voxel_size=v.voxel_size)
+    packaged = segment(tmp_path / "img.tif", None, model=package, voxel_size=v.voxel_size)
+    assert np.array_equal(direct.labels, packaged.labels)
+    assert direct.summary["instances_chosen"] == packaged.summary["instances_chosen"]

@@ -63,6 +63,7 @@ class ExportedEncoder(nn.Module):
         super().__init__()
         net = KINDS[kind].from_architecture(WNetArchitecture(**architecture))
         self.net = plain_modules(net.classifier())
+        self.eval()  # consumers that rebuild it from the state dict may not call eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=1)
@@ -228,6 +229,10 @@ def _test_tensors(loaded: LoadedModel, folder: Path, image: np.ndarray | None) -
         out = enc(torch.from_numpy(bioimageio_preprocess(raw))).numpy()
     np.save(folder / "test_input.npy", raw)
     np.save(folder / "test_output.npy", out)
+    import tifffile
+
+    tifffile.imwrite(folder / "sample_input.tif", raw[0, 0])
+    tifffile.imwrite(folder / "sample_output.tif", out[0])
     return raw, out
 
 
@@ -282,6 +287,13 @@ Class probabilities (softmax), {loaded.model.n_classes} channels. {post}
 `cellcut segment IMAGE --model THIS.zip --out labels.tif` rebuilds the model exactly from
 this package (its `config.cellcut` section) and runs the whole pipeline.
 
+## Validation
+cellcut checks every export: `bioimageio test` on the package (each weight format reproduces
+the test output, computed by cellcut on a crop of its bundled mesoSPIM sample), ONNX and
+TorchScript against PyTorch (within 1e-4), and the package segmenting the sample to the same
+labels as the model. What the model is worth on data is in cellcut's README (its regime suite
+and the embryo benchmark); it was trained without labels, so check it on your images.
+
 ## Licence and citation
 MIT. Cite cellcut (CITATION.cff in its repository) and {CITATION[0]}, {CITATION[1]}.
 """
@@ -302,7 +314,8 @@ def _describe(
     export_onnx(loaded, folder / "weights.onnx")
     m = 2**loaded.model.arch.depth
     space = [
-        bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=m, step=m))
+        # at least 2 voxels per axis at the bottom of the U-Net (instance norm needs them)
+        bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=2 * m, step=m))
         for a in "zyx"
     ]
     inputs = bio.InputTensorDescr(
@@ -310,6 +323,7 @@ def _describe(
         description="fluorescence volume, one channel",
         axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("raw")]), *space],
         test_tensor=bio.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=bio.FileDescr(source=folder / "sample_input.tif"),
         data=bio.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=[
             bio.ScaleRangeDescr(
@@ -342,6 +356,7 @@ def _describe(
             ],
         ],
         test_tensor=bio.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=bio.FileDescr(source=folder / "sample_output.tif"),
         data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
     )
     version = torch.__version__.split("+")[0]
