@@ -26,7 +26,7 @@ The Python API in one place::
 from cellcut._version import __version__
 from cellcut.errors import CellcutError
 from cellcut.refinement import refine
-from cellcut.segmentation import segment
+from cellcut.segmentation import segment, segment_batch
 from cellcut.training import train
 
-__all__ = ["CellcutError", "__version__", "refine", "segment", "train"]
+__all__ = ["CellcutError", "__version__", "refine", "segment", "segment_batch", "train"]

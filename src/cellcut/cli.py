@@ -165,12 +165,32 @@ def build_parser() -> argparse.ArgumentParser:
     limit.add_argument("--steps", type=int, help="stop after this many steps")
     _add_run_flags(p, "any setting of cellcut.config.RefineConfig, e.g. lr=1e-3 artifacts=0.8")
 
-    p = sub.add_parser("segment", help="segment a volume: labels, statistics, overview picture")
-    p.add_argument("image")
+    p = sub.add_parser(
+        "segment",
+        help="segment volumes: labels, statistics, overview picture",
+        description="One IMAGE: --out is the labels file. Several images, folders or glob "
+        "patterns (or --stack-folder): --out is a folder; each input gets NAME_labels.tif, "
+        "NAME_cells.csv (+ .summary.json) and NAME_overview.png there, and "
+        "segment_summary.csv lists them all. Inputs whose labels exist are skipped unless "
+        "--overwrite; a failing input is reported and the others go on (exit code 2 if any "
+        "failed).",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="files, folders or glob patterns")
     p.add_argument(
         "--out",
         required=True,
-        help="labels output (.tif, .zarr, .ome.zarr, .h5:dataset, .npy, .nii)",
+        help="labels output (.tif, .zarr, .ome.zarr, .h5:dataset, .npy, .nii), or the output "
+        "folder of a batch",
+    )
+    p.add_argument(
+        "--stack-folder",
+        action="store_true",
+        help="each IMAGE is a folder of 2D TIFF slices of one volume (natural order of names)",
+    )
+    p.add_argument(
+        "--with-probability",
+        action="store_true",
+        help="in a batch, also write NAME_probability.tif",
     )
     p.add_argument("--model", default="default", help="default, a model name, or a path")
     _add_segment_options(p)
@@ -378,27 +398,54 @@ def _refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bars(quiet: bool) -> Callable[[str, int, int], None] | None:
+    """tqdm bars per stage, on a terminal only (logs of cluster jobs stay readable)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    bars: dict[str, object] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="block", leave=False)
+        bar.update(done - bar.n)  # type: ignore[attr-defined]
+        if done == total:
+            bar.close()  # type: ignore[attr-defined]
+
+    return progress
+
+
+def _is_batch(args: argparse.Namespace) -> bool:
+    from pathlib import Path
+
+    from cellcut.io import detect_format
+
+    if len(args.images) > 1 or args.stack_folder:
+        return True
+    text = args.images[0]
+    if any(ch in text for ch in "*?["):
+        return True
+    if not Path(text).is_dir():
+        return False
+    try:
+        detect_format(text)  # a zarr folder is one volume
+        return False
+    except CellcutError:
+        return True
+
+
 @_command("segment")
 def _segment(args: argparse.Namespace) -> int:
     from cellcut.segmentation import segment
 
+    if _is_batch(args):
+        return _segment_batch(args)
     overview = args.overview or _sibling_png(args.out, "_overview")
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        bars: dict[str, object] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar = bars.get(stage)
-            if bar is None:
-                bar = bars[stage] = tqdm(total=total, desc=stage, unit="block", leave=False)
-            bar.update(done - bar.n)
-            if done == total:
-                bar.close()
-
+    progress = _progress_bars(args.quiet)
     result = segment(
-        args.image,
+        args.images[0],
         args.out,
         model=args.model,
         options=_segment_settings(args),
@@ -424,6 +471,40 @@ def _segment(args: argparse.Namespace) -> int:
         print(f"statistics:  {result.stats_path}")
     print(f"overview:    {result.overview_path}")
     return 0
+
+
+def _segment_batch(args: argparse.Namespace) -> int:
+    from cellcut.errors import ConfigError
+    from cellcut.segmentation.batch import segment_batch
+
+    given = [f for f in ("stats", "probability", "overview") if getattr(args, f)]
+    if given:
+        raise ConfigError(
+            "invalid option",
+            f"--{given[0]} names one file, but a batch writes one per input into --out",
+            "drop it (statistics and overviews are always written; --with-probability adds "
+            "probabilities)",
+        )
+
+    def report(i: int, n: int, source: str, row: dict) -> None:
+        status = {"done": f"{row['cells']} cells", "skipped": "skipped (labels exist)"}
+        print(f"[{i + 1}/{n}] {source}: {status.get(row['status'], 'failed')}", flush=True)
+
+    result = segment_batch(
+        args.images,
+        args.out,
+        model=args.model,
+        options=_segment_settings(args),
+        probability=args.with_probability,
+        stack_folders=args.stack_folder,
+        overwrite=args.overwrite,
+        on_input=report,
+        progress=_progress_bars(args.quiet),
+    )
+    print(f"summary:     {result.summary_path}")
+    for row in result.failed:
+        print(f"error: {row['input']}: {row['error']}", file=sys.stderr)
+    return 2 if result.failed else 0
 
 
 def _number_or_auto(text: str) -> float | str:

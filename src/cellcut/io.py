@@ -17,9 +17,11 @@ kept unless ``overwrite=True``.
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +122,54 @@ def detect_format(path: str | os.PathLike) -> str:
 # Reading
 
 
+def _is_volume_path(p: Path) -> bool:
+    try:
+        detect_format(p)
+        return True
+    except InputFileError:
+        return False
+
+
+def find_volumes(specs: Sequence[str | os.PathLike]) -> list[str]:
+    """Expand files, folders (their volume files, sorted) and glob patterns into volume paths.
+
+    HDF5 ``file.h5:dataset`` locations are kept as given. Raises InputFileError when a spec
+    matches nothing, or when nothing at all is found.
+    """
+    found: list[str] = []
+    for spec in specs:
+        text = os.fspath(spec)
+        p = Path(text.split(":")[0] if ".h5:" in text or ".hdf5:" in text else text)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(m for m in glob.glob(text) if _is_volume_path(Path(m)))
+            if not matches:
+                raise InputFileError(
+                    "no volumes",
+                    f"the pattern '{text}' matches no volume file",
+                    "check the pattern and the suffixes",
+                )
+            found += matches
+        elif p.is_dir() and not _is_volume_path(p):
+            matches = sorted(str(c) for c in p.iterdir() if _is_volume_path(c))
+            if not matches:
+                raise InputFileError(
+                    "no volumes",
+                    f"the folder holds no volume file ({', '.join(FORMATS)})",
+                    "point to the files",
+                    file=p,
+                )
+            found += matches
+        else:
+            found.append(text)
+    if not found:
+        raise InputFileError(
+            "no volumes",
+            "no image was given",
+            "pass one or more files, folders or glob patterns",
+        )
+    return found
+
+
 def read_volume(
     location: str | os.PathLike,
     *,
@@ -203,6 +253,86 @@ def read_volume(
 def _cause(e: BaseException) -> str:
     """An exception as a short single line for a message."""
     return " ".join(f"{type(e).__name__}: {e}".split())[:200]
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders ``slice2`` before ``slice10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+class _SliceStack:
+    """A (z, y, x) volume whose z-planes are the 2D TIFF files of a folder, read on access."""
+
+    def __init__(self, files: Sequence[Path], shape: tuple[int, int], dtype: np.dtype) -> None:
+        self.files = list(files)
+        self.shape = (len(self.files), *shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        import tifffile
+
+        if index is Ellipsis:
+            index = ()
+        if not isinstance(index, tuple):
+            index = (index,)
+        index = tuple(slice(None) if i is Ellipsis else i for i in index)
+        index = index + (slice(None),) * (3 - len(index))
+        zs = range(self.shape[0])[index[0]]
+        planes = []
+        for z in [zs] if isinstance(zs, int) else zs:
+            plane = tifffile.imread(self.files[z])
+            if plane.shape != self.shape[1:]:
+                raise VolumeError(
+                    "not one stack",
+                    f"slice {z} has shape {plane.shape}, the first {self.shape[1:]}",
+                    "give a folder of slices of one volume",
+                    file=self.files[z],
+                )
+            planes.append(plane[index[1:]])
+        return planes[0] if isinstance(zs, int) else np.stack(planes).astype(self.dtype)
+
+
+def read_stack_folder(folder: str | os.PathLike) -> Volume:
+    """A folder of 2D TIFF slices as one (z, y, x) volume, in natural order of the names
+    (``z2.tif`` before ``z10.tif``), read lazily plane by plane."""
+    import tifffile
+
+    root = Path(folder)
+    check_input_path(root)
+    if not root.is_dir():
+        raise InputFileError(
+            "cannot read stack", "not a folder", "give a folder of 2D TIFF slices", file=root
+        )
+    files = sorted(
+        (p for p in root.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()),
+        key=lambda p: natural_key(p.name),
+    )
+    if not files:
+        raise InputFileError(
+            "cannot read stack",
+            "the folder holds no .tif file",
+            "give a folder of slices",
+            file=root,
+        )
+    try:
+        with _tifffile_log(), tifffile.TiffFile(files[0]) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(int(s) for s in series.shape), series.dtype
+    except Exception as e:
+        raise InputFileError(
+            "cannot read stack", f"its first slice cannot be read ({_cause(e)})", file=files[0]
+        ) from e
+    if len(shape) != 2:
+        raise VolumeError(
+            "not a stack of slices",
+            f"{files[0].name} is {len(shape)}D (shape {shape}), not one 2D slice",
+            "read a 3D file directly, without --stack-folder",
+            file=root,
+        )
+    data = GuardedArray(_SliceStack(files, shape, dtype), os.fspath(root))
+    check_volume_array(data, os.fspath(root))
+    return Volume(data=data, voxel_size=None, source=os.fspath(root))
 
 
 def _region(index: Any, shape: Sequence[int]) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from cellcut.config import RefineConfig
 from cellcut.errors import CheckpointError, VolumeError
 from cellcut.fingerprint import measure
-from cellcut.io import Volume, check_label_values, check_volume_array, read_volume
+from cellcut.io import Volume, check_label_values, check_volume_array, find_volumes, read_volume
 from cellcut.model import LoadedModel
 from cellcut.outputs import atomic_output
 from cellcut.refinement.data import RefineVolume, prepare_volume
@@ -27,7 +27,7 @@ from cellcut.refinement.targets import doubtful_objects, refine_targets
 from cellcut.runtime import resolve_device
 from cellcut.segmentation import segment
 from cellcut.segmentation.predict import resolve_model
-from cellcut.training.data import find_volumes, is_path
+from cellcut.training.data import is_path
 
 Source = str | os.PathLike | np.ndarray | Volume
 """An image or labels: a path, folder or glob, or an in-memory (z, y, x) array or Volume."""

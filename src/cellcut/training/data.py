@@ -9,7 +9,6 @@ patch, validation patches are fixed sub-volumes of the whole volume instead.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,15 +19,14 @@ import torch
 from scipy import ndimage as ndi
 
 from cellcut.config import AugmentConfig, DataConfig
-from cellcut.errors import InputFileError, VolumeError
+from cellcut.errors import VolumeError
 from cellcut.fingerprint import measure
 from cellcut.io import (
-    FORMATS,
     Volume,
     check_volume_array,
     check_volume_values,
     check_voxel_size,
-    detect_format,
+    find_volumes,
     read_volume,
 )
 from cellcut.normalize import Normalization, fit_normalization
@@ -46,54 +44,6 @@ class TrainingVolume:
     train_region: tuple[slice, slice, slice]
     val_region: tuple[slice, slice, slice] | None
     bright_voxels: np.ndarray  # (n, 3) candidate patch centres for foreground-biased sampling
-
-
-def _is_volume_path(p: Path) -> bool:
-    try:
-        detect_format(p)
-        return True
-    except InputFileError:
-        return False
-
-
-def find_volumes(specs: Sequence[str | os.PathLike]) -> list[str]:
-    """Expand files, folders (their volume files, sorted) and glob patterns into volume paths.
-
-    HDF5 ``file.h5:dataset`` locations are kept as given. Raises InputFileError when a spec
-    matches nothing, or when nothing at all is found.
-    """
-    found: list[str] = []
-    for spec in specs:
-        text = os.fspath(spec)
-        p = Path(text.split(":")[0] if ".h5:" in text or ".hdf5:" in text else text)
-        if any(ch in text for ch in "*?["):
-            matches = sorted(m for m in glob.glob(text) if _is_volume_path(Path(m)))
-            if not matches:
-                raise InputFileError(
-                    "no training volumes",
-                    f"the pattern '{text}' matches no volume file",
-                    "check the pattern and the suffixes",
-                )
-            found += matches
-        elif p.is_dir() and not _is_volume_path(p):
-            matches = sorted(str(c) for c in p.iterdir() if _is_volume_path(c))
-            if not matches:
-                raise InputFileError(
-                    "no training volumes",
-                    f"the folder holds no volume file ({', '.join(FORMATS)})",
-                    "point to the files",
-                    file=p,
-                )
-            found += matches
-        else:
-            found.append(text)
-    if not found:
-        raise InputFileError(
-            "no training volumes",
-            "no image was given",
-            "pass one or more files, folders or glob patterns",
-        )
-    return found
 
 
 def _regions(shape: Sequence[int], val_fraction: float, patch_size: Sequence[int]):

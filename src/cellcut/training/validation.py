@@ -16,12 +16,12 @@ import torch
 
 from cellcut.config import TrainConfig
 from cellcut.errors import ConfigError
-from cellcut.io import read_volume
+from cellcut.io import find_volumes, read_volume
 from cellcut.losses import WNetLoss
 from cellcut.model import WNet3D
 from cellcut.normalize import fit_normalization
 from cellcut.scoring import score_model
-from cellcut.training.data import Source, find_volumes, is_path
+from cellcut.training.data import Source, is_path
 
 
 @dataclass
