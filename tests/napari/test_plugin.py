@@ -113,6 +113,9 @@ def test_segment_then_evaluate(viewer, qtbot, errors):
     assert not errors
     assert "nuclei cells" in viewer.layers and "nuclei cell probability" in viewer.layers
     assert seg.table.rowCount() == seg.result.n_cells > 0
+    features = viewer.layers["nuclei cells"].features
+    assert len(features) == seg.result.n_cells
+    assert {"label", "centroid-0", "area", "intensity_mean", "volume_um3"} <= set(features.columns)
     ev = EvaluateWidget(viewer)
     ev.truth.value = "truth"
     ev.prediction.value = "nuclei cells"
@@ -182,3 +185,20 @@ def test_widgets_start_from_the_library_defaults(viewer):
     assert form.model == default.model and form.loss == default.loss
     assert form.optimizer == default.optimizer and form.data == default.data
     assert form.stop == default.stop
+
+
+def test_labels_writer_keeps_the_scale(viewer, tmp_path):
+    import npe2
+
+    from cellcut.io import read_volume
+
+    manifest = npe2.PluginManifest.from_distribution("cellcut")
+    assert [w.layer_types for w in manifest.contributions.writers] == [["labels"]]
+    labels = np.zeros((6, 8, 8), np.int32)
+    labels[1:3, 2:5, 2:5] = 7
+    viewer.add_labels(labels, name="cells", scale=(2, 0.5, 0.5))
+    for name in ("cells.tif", "cells.ome.zarr"):
+        written = viewer.layers["cells"].save(str(tmp_path / name), plugin="cellcut")
+        assert written, name
+        vol = read_volume(tmp_path / name)
+        assert np.array_equal(vol.numpy(), labels) and vol.voxel_size == (2.0, 0.5, 0.5)

@@ -42,3 +42,19 @@ def read_layers(path: str) -> LayerData:
         meta["scale"] = vol.voxel_size
     kind = "labels" if vol.data.dtype.kind in "iu" and "label" in name.lower() else "image"
     return [(vol.data, meta, kind)]
+
+
+def write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    """napari writer for a Labels layer: OME-TIFF (.tif) or OME-Zarr (.ome.zarr) / zarr, with
+    the layer's scale as voxel size (cellcut's atomic writer; an existing file is replaced,
+    napari having asked the user)."""
+    import numpy as np
+
+    from cellcut.io import write_volume
+
+    scale = meta.get("scale")
+    voxel_size = (
+        tuple(float(s) for s in scale[-3:]) if scale is not None and len(scale) >= 3 else None
+    )
+    written = write_volume(path, np.asarray(data), voxel_size=voxel_size, overwrite=True)
+    return [str(written)]

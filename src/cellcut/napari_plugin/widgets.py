@@ -651,7 +651,12 @@ class SegmentWidget(QWidget):
             blending="additive",
             opacity=0.6,
         )
-        self.viewer.add_labels(result.labels, name=f"{name} cells", scale=voxel)
+        # the per-cell table on the layer, with regionprops' column names (label, centroid-0,
+        # area, intensity_mean...), which other napari plugins read
+        columns = getattr(result.stats, "columns", None) or {}
+        self.viewer.add_labels(
+            result.labels, name=f"{name} cells", scale=voxel, features=dict(columns)
+        )
         spot = result.summary.get("spot_sigma")
         self.status.setText(
             f"{result.n_cells} cells" + (f" (spot σ {spot:.3g} µm)" if spot is not None else "")
