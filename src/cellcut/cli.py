@@ -418,22 +418,28 @@ def _progress_bars(quiet: bool) -> Callable[[str, int, int], None] | None:
 
 
 def _is_batch(args: argparse.Namespace) -> bool:
+    import os
     from pathlib import Path
-
-    from cellcut.io import detect_format
 
     if len(args.images) > 1 or args.stack_folder:
         return True
+    out = Path(args.out)
+    if args.out.endswith(("/", os.sep)) or (out.is_dir() and not _is_volume(args.out)):
+        return True  # --out names a folder: the batch layout, for one input too
     text = args.images[0]
     if any(ch in text for ch in "*?["):
         return True
-    if not Path(text).is_dir():
-        return False
+    return Path(text).is_dir() and not _is_volume(text)  # a zarr folder is one volume
+
+
+def _is_volume(path: str) -> bool:
+    from cellcut.io import detect_format
+
     try:
-        detect_format(text)  # a zarr folder is one volume
-        return False
-    except CellcutError:
+        detect_format(path)
         return True
+    except CellcutError:
+        return False
 
 
 @_command("segment")

@@ -73,3 +73,9 @@ def test_batch_refuses_single_file_options(inputs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--stats names one file" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_one_image_into_a_folder_takes_the_batch_layout(inputs, tmp_path):
+    out = tmp_path / "results"
+    assert main(["segment", str(inputs / "stack2.tif"), "--out", f"{out}/", "--quiet"]) == 0
+    assert (out / "stack2_labels.tif").exists() and (out / "segment_summary.csv").exists()
