@@ -419,17 +419,24 @@ def _progress_bars(quiet: bool) -> Callable[[str, int, int], None] | None:
 
 def _is_batch(args: argparse.Namespace) -> bool:
     import os
-    from pathlib import Path
 
     if len(args.images) > 1 or args.stack_folder:
         return True
-    out = Path(args.out)
-    if args.out.endswith(("/", os.sep)) or (out.is_dir() and not _is_volume(args.out)):
+    if args.out.endswith(("/", os.sep)) or (_is_dir(args.out) and not _is_volume(args.out)):
         return True  # --out names a folder: the batch layout, for one input too
     text = args.images[0]
     if any(ch in text for ch in "*?["):
         return True
-    return Path(text).is_dir() and not _is_volume(text)  # a zarr folder is one volume
+    return _is_dir(text) and not _is_volume(text)  # a zarr folder is one volume
+
+
+def _is_dir(path: str) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(path).is_dir()
+    except OSError:  # e.g. a name too long to look up: the input/output checks report it
+        return False
 
 
 def _is_volume(path: str) -> bool:

@@ -255,6 +255,11 @@ def _(d):
 # --- flags --------------------------------------------------------------------------------
 
 
+@case("segment: 300-character input name")
+def _(d):
+    return ["segment", str(d / ("i" * 300 + ".tif")), "--out", str(d / "s.tif")]
+
+
 @case("segment: --window 0")
 def _(d):
     return ["segment", image(d), "--out", str(d / "s.tif"), "--window", "0"]
