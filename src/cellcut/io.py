@@ -98,8 +98,10 @@ def detect_format(path: str | os.PathLike) -> str:
     name = p.name.lower()
     if name.endswith(TIFF_SUFFIXES):
         return "tiff"
-    if name.endswith(".ome.zarr"):
-        return "ome-zarr"
+    if name.endswith(".ome.zarr") or (
+        p.parent.name == "labels" and p.parent.parent.name.lower().endswith(".ome.zarr")
+    ):
+        return "ome-zarr"  # an image, or a label image inside one (IMAGE.ome.zarr/labels/NAME)
     if name.endswith(ZARR_SUFFIXES) or (
         p.is_dir() and any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
     ):
@@ -1014,7 +1016,7 @@ def write_volume(
     _, key = split_location(location)
     vs = check_voxel_size(voxel_size) if voxel_size is not None else None
     fmt = detect_format(target)
-    if chunked and fmt not in ("tiff", "zarr", "hdf5"):
+    if chunked and fmt not in ("tiff", "zarr", "ome-zarr", "hdf5"):
         data, chunked = np.asarray(data[...]), False
     if chunks:
         chunk_shape = tuple(int(c) for c in chunks)
@@ -1027,7 +1029,7 @@ def write_volume(
             if fmt == "tiff":
                 _write_tiff(tmp, data, vs, compress)
             elif fmt in ("zarr", "ome-zarr"):
-                _write_zarr(tmp, data, vs, chunk_shape, ome=fmt == "ome-zarr")
+                _write_zarr(tmp, data, vs, chunk_shape, ome=fmt == "ome-zarr", label_target=target)
             elif fmt == "hdf5":
                 _write_hdf5(tmp, key or "data", data, vs, chunk_shape, compress)
             elif fmt == "nifti":
@@ -1042,7 +1044,18 @@ def write_volume(
             "check free space and permissions",
             file=target,
         ) from e
+    sync_label_list(target)
     return target
+
+
+def sync_label_list(target: Path) -> None:
+    """After a label image is written into an OME-Zarr image (``IMAGE.ome.zarr/labels/NAME``),
+    list it there (temporaries, hidden names, are never listed)."""
+    from cellcut.ngff import label_image_parent, sync_labels
+
+    image = label_image_parent(target)
+    if image is not None and not Path(target).name.startswith("."):
+        sync_labels(import_zarr(), image)
 
 
 def _copy(dst: Any, src: Any) -> None:
@@ -1084,24 +1097,21 @@ def _write_tiff(path: Path, data: Any, vs, compress: bool) -> None:
     )
 
 
-def _write_zarr(path: Path, data: Any, vs, chunks, ome: bool) -> None:
+def _write_zarr(
+    path: Path, data: Any, vs, chunks, ome: bool, label_target: Path | None = None
+) -> None:
+    """A zarr v3 array, or an OME-Zarr multiscale group (:mod:`cellcut.ngff`); a label image
+    when ``label_target`` lies in an OME-Zarr image's ``labels/``."""
     zarr = import_zarr()
 
     if ome:
-        root = zarr.open_group(str(path), mode="w", zarr_format=2)
-        arr = root.create_array("0", shape=data.shape, dtype=data.dtype, chunks=chunks)
-        _copy(arr, data)
-        scale = list(vs) if vs else [1.0, 1.0, 1.0]
-        unit = {"unit": "micrometer"} if vs else {}
-        root.attrs["multiscales"] = [
-            {
-                "version": "0.4",
-                "axes": [{"name": a, "type": "space", **unit} for a in "zyx"],
-                "datasets": [
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-                ],
-            }
-        ]
+        from cellcut.ngff import image_zarr_format, label_image_parent, write_multiscale
+
+        image = label_image_parent(label_target) if label_target is not None else None
+        fmt = image_zarr_format(image) if image is not None else 2
+        write_multiscale(
+            zarr, path, data, vs, chunks, _copy, label=image is not None, zarr_format=fmt
+        )
     else:
         arr = zarr.create_array(
             str(path), shape=data.shape, dtype=data.dtype, chunks=chunks, fill_value=0

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "cellcut"
 
 LAYERS: list[set[str]] = [
     {"_version", "errors", "samples", "artifacts"},
-    {"outputs"},
+    {"outputs", "ngff"},
     {"io", "runtime", "normalize", "synthetic", "metrics", "postprocess", "infer", "blocks"},
     {"crf"},
     {"config", "figures", "fingerprint"},

@@ -33,6 +33,7 @@ from cellcut.io import (
     detect_format,
     import_zarr,
     read_volume,
+    sync_label_list,
     write_json,
     write_volume,
     zarr_block_io,
@@ -359,6 +360,8 @@ def _write(
 
         plot_overview(vol.data, labels, outputs.staged("overview"), block=block)
     final = outputs.commit()
+    for path in final.values():
+        sync_label_list(path)  # labels written into an OME-Zarr image: list them there
     return SegmentResult(
         final.get("labels"),
         final.get("probability"),

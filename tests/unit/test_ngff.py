@@ -1,0 +1,95 @@
+"""OME-Zarr as the field writes it: pyramids written chunk by chunk, label images inside their
+image (NGFF 0.4 and 0.5), listed and coloured."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cellcut.io import import_zarr, read_volume, write_volume
+from cellcut.ngff import _level_shapes, colours
+
+
+class Recording:
+    """A chunked array that records the largest block read from it."""
+
+    def __init__(self, data: np.ndarray, chunks) -> None:
+        self.data, self.chunks = data, tuple(chunks)
+        self.shape, self.dtype, self.ndim = data.shape, data.dtype, data.ndim
+        self.largest = 0
+
+    def __getitem__(self, index):
+        out = self.data[index]
+        self.largest = max(self.largest, out.size)
+        return out
+
+
+def test_levels_halve_the_long_axes_only():
+    shapes = [s for s, _ in _level_shapes((16, 1024, 700))]
+    assert shapes == [(16, 1024, 700), (16, 512, 350), (16, 256, 175)]
+    assert _level_shapes((32, 64, 64)) == [((32, 64, 64), (1, 1, 1))]
+
+
+def test_standalone_pyramid_written_chunk_by_chunk(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 50, (40, 600, 520)).astype(np.uint16)
+    source = Recording(labels, (20, 128, 128))
+    write_volume(tmp_path / "l.ome.zarr", source, voxel_size=(2, 0.5, 0.5))
+    assert source.largest <= 20 * 128 * 128  # never the whole volume
+    root = import_zarr().open_group(str(tmp_path / "l.ome.zarr"), mode="r")
+    ms = root.attrs["multiscales"][0]
+    assert ms["version"] == "0.4" and [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [2.0, 1.0, 1.0]
+    assert np.array_equal(root["1"][...], labels[:, ::2, ::2])
+    assert np.array_equal(root["2"][...], labels[:, ::4, ::4])
+    assert np.array_equal(read_volume(tmp_path / "l.ome.zarr").numpy(), labels)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_labels_land_inside_their_image(tmp_path, zarr_format):
+    zarr = import_zarr()
+    image = tmp_path / "img.ome.zarr"
+    root = zarr.open_group(str(image), mode="w", zarr_format=zarr_format)
+    root.create_array("0", shape=(8, 32, 32), dtype="uint16", chunks=(8, 32, 32))
+    ms = {"axes": [{"name": a, "type": "space"} for a in "zyx"],
+          "datasets": [{"path": "0", "coordinateTransformations": [
+              {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}  # fmt: skip
+    if zarr_format == 3:
+        root.attrs["ome"] = {"version": "0.5", "multiscales": [ms]}
+    else:
+        root.attrs["multiscales"] = [{"version": "0.4", **ms}]
+    labels = np.zeros((8, 32, 32), np.int32)
+    labels[2:5, 4:9, 4:9], labels[5:7, 20:30, 20:30] = 1, 2
+    for name in ("cells", "nuclei"):
+        write_volume(image / "labels" / name, labels, voxel_size=(1, 1, 1))
+    group = zarr.open_group(str(image / "labels"), mode="r")
+    cells = zarr.open_group(str(image / "labels" / "cells"), mode="r")
+    if zarr_format == 3:
+        assert group.attrs["ome"]["labels"] == ["cells", "nuclei"]
+        meta = cells.attrs["ome"]["image-label"]
+        assert cells.attrs["ome"]["version"] == "0.5"
+    else:
+        assert group.attrs["labels"] == ["cells", "nuclei"]
+        meta = cells.attrs["image-label"]
+    assert meta["source"] == {"image": "../../"}
+    assert [c["label-value"] for c in meta["colors"]] == [1, 2]
+    assert np.array_equal(read_volume(image / "labels" / "cells").numpy(), labels)
+    assert not [p for p in (image / "labels").iterdir() if ".tmp-" in p.name]
+
+
+def test_segment_writes_its_labels_into_the_input_image(tmp_path, small_synthetic):
+    from cellcut.segmentation import segment
+
+    image = tmp_path / "img.ome.zarr"
+    write_volume(image, small_synthetic.image, voxel_size=small_synthetic.voxel_size)
+    result = segment(image, image / "labels" / "cellcut", stats=tmp_path / "c.csv")
+    attrs = json.loads((image / "labels" / ".zattrs").read_text())
+    assert attrs["labels"] == ["cellcut"]
+    assert np.array_equal(read_volume(image / "labels" / "cellcut").numpy(), result.labels)
+
+
+def test_colours_are_distinct_and_repeatable():
+    c = colours(300)
+    assert len({tuple(x["rgba"]) for x in c}) == 300 and c == colours(300)
