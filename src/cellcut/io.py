@@ -210,8 +210,10 @@ def read_volume(
         Not 3D, an unselected channel/time axis, an empty axis, an unsupported dtype, or (with
         ``validate``) NaN/Inf or constant values.
     """
-    path, key = split_location(location)
     source = os.fspath(location)
+    if is_url(source):
+        return _read_url(source, channel, time, lazy, validate)
+    path, key = split_location(location)
     check_input_path(location)
     if not path.exists():
         raise InputFileError(
@@ -337,6 +339,60 @@ def read_stack_folder(folder: str | os.PathLike) -> Volume:
     return Volume(data=data, voxel_size=None, source=os.fspath(root))
 
 
+def is_url(location: str) -> bool:
+    """``s3://…``, ``https://…``, ``memory://…``: a location fsspec resolves."""
+    return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", location) is not None
+
+
+def _read_url(url: str, channel: int | None, time: int | None, lazy: bool, validate: bool):
+    """A zarr or OME-Zarr store at an fsspec URL (``s3://``, ``https://``...)."""
+    match = re.match(r"^(.*?\.zarr)/?:(.+)$", url, flags=re.IGNORECASE)
+    store, key = (match.group(1), match.group(2).strip("/")) if match else (url.rstrip("/"), None)
+    if not store.lower().endswith(".zarr"):
+        raise InputFileError(
+            "cannot read volume",
+            "cellcut reads zarr and OME-Zarr stores from URLs, not other formats",
+            "download the file, or give a .zarr / .ome.zarr URL",
+            file=url,
+        )
+    try:
+        import fsspec  # noqa: F401  (zarr opens URLs through it)
+    except ImportError as e:
+        raise InputFileError(
+            "cannot read volume", "URLs need the fsspec package", "pip install fsspec", file=url
+        ) from e
+    try:
+        data, axes, voxel_size = _read_zarr(store, key, lazy, url)  # type: ignore[arg-type]
+        data = select_3d(data, axes, channel=channel, time=time, source=url)
+        check_volume_array(data, url)
+    except CellcutError:
+        raise
+    except Exception as e:  # network and store errors of every kind
+        raise InputFileError(
+            "cannot read volume", f"the store cannot be opened ({_cause(e)})", file=url
+        ) from e
+    data = GuardedArray(data, url)
+    if not lazy:
+        data = np.asarray(data[...])
+        if validate:
+            check_volume_values(data, url)
+    return Volume(data=data, voxel_size=voxel_size, source=url)
+
+
+def read_pyramid(location: str | os.PathLike) -> list[Any] | None:
+    """The levels of an OME-Zarr image (full resolution first, read lazily), or None when the
+    location is not a multiscale OME-Zarr group."""
+    zarr = import_zarr()
+    try:
+        root = zarr.open_group(os.fspath(location), mode="r")
+        ms = _ome_multiscales(dict(root.attrs))
+        if not ms:
+            return None
+        return [root[d["path"]] for d in ms[0]["datasets"]]
+    except Exception:  # not a group, no multiscales: the caller reads it as one volume
+        return None
+
+
 def _region(index: Any, shape: Sequence[int]) -> str:
     """``z 0:64, y 0:128, x 0:128`` for an index into a (z, y, x) array."""
     if index is Ellipsis:
@@ -372,7 +428,8 @@ class GuardedArray:
         self.ndim = len(self.shape)
         chunks = getattr(base, "chunks", None)
         if chunks is not None:
-            self.chunks = tuple(int(c) for c in chunks)
+            # dask gives the block sizes along each axis: its first block stands for them
+            self.chunks = tuple(int(max(c)) if isinstance(c, tuple) else int(c) for c in chunks)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         try:

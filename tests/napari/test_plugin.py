@@ -202,3 +202,19 @@ def test_labels_writer_keeps_the_scale(viewer, tmp_path):
         assert written, name
         vol = read_volume(tmp_path / name)
         assert np.array_equal(vol.numpy(), labels) and vol.voxel_size == (2.0, 0.5, 0.5)
+
+
+def test_segment_widget_takes_a_multiscale_dask_layer(viewer, qtbot, errors):
+    import dask.array as da
+
+    from cellcut.napari_plugin.widgets import SegmentWidget
+
+    v = make_nuclei_volume((24, 48, 48), seed=2, voxel_size=(2, 1, 1))
+    level0 = da.from_array(v.image, chunks=(12, 24, 24))
+    viewer.add_image([level0, level0[:, ::2, ::2]], name="pyramid", multiscale=True)
+    seg = SegmentWidget(viewer)
+    seg.image.value = "pyramid"
+    seg.start()
+    qtbot.waitUntil(lambda: seg.result is not None or bool(errors), timeout=120_000)
+    assert not errors
+    assert viewer.layers["pyramid cells"].data.shape == v.image.shape

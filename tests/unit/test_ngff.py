@@ -93,3 +93,35 @@ def test_segment_writes_its_labels_into_the_input_image(tmp_path, small_syntheti
 def test_colours_are_distinct_and_repeatable():
     c = colours(300)
     assert len({tuple(x["rgba"]) for x in c}) == 300 and c == colours(300)
+
+
+def test_urls_and_lazy_arrays_are_volumes(small_synthetic):
+    import dask.array as da
+
+    from cellcut.segmentation import segment
+
+    zarr = import_zarr()
+    url = "memory://cellcut-test/vol.zarr"
+    arr = zarr.create_array(
+        url, shape=small_synthetic.image.shape, dtype="float32", chunks=(12, 20, 20)
+    )
+    arr[...] = small_synthetic.image
+    assert np.array_equal(read_volume(url).numpy(), small_synthetic.image)
+    reference = segment(small_synthetic.image, None, voxel_size=(1.5, 1, 1))
+    for image in (url, da.from_array(small_synthetic.image, chunks=(12, 20, 20)), [arr, arr]):
+        result = segment(image, None, voxel_size=(1.5, 1, 1))
+        assert np.array_equal(result.labels, reference.labels), type(image)
+
+
+def test_napari_reader_gives_pyramids_as_multiscale_layers(tmp_path):
+    from cellcut.napari_plugin.io import get_reader
+
+    labels = np.zeros((40, 600, 520), np.uint16)
+    labels[5:20, 100:300, 100:300] = 3
+    write_volume(tmp_path / "big.ome.zarr", labels, voxel_size=(2, 0.5, 0.5))
+    [(data, meta, _)] = get_reader(str(tmp_path / "big.ome.zarr"))(str(tmp_path / "big.ome.zarr"))
+    assert meta["multiscale"] is True and [d.shape for d in data][:2] == [
+        (40, 600, 520),
+        (40, 300, 260),
+    ]
+    assert meta["scale"] == (2.0, 0.5, 0.5)

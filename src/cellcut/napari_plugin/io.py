@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cellcut.errors import CellcutError
-from cellcut.io import detect_format, read_volume
+from cellcut.io import detect_format, read_pyramid, read_volume
 from cellcut.outputs import split_location
 
 LayerData = list[tuple[Any, dict, str]]
@@ -35,12 +35,18 @@ def get_reader(path: str | list[str]) -> Callable[[str], LayerData] | None:
 
 
 def read_layers(path: str) -> LayerData:
+    """One layer: an OME-Zarr pyramid as a multiscale layer (every level, read lazily),
+    anything else as its full-resolution volume."""
     vol = read_volume(path, lazy=True, validate=False)
     name = os.path.basename(str(split_location(path)[0]).rstrip("/"))
     meta: dict[str, Any] = {"name": name}
     if vol.voxel_size:
         meta["scale"] = vol.voxel_size
     kind = "labels" if vol.data.dtype.kind in "iu" and "label" in name.lower() else "image"
+    levels = read_pyramid(split_location(path)[0]) if path.lower().endswith(".ome.zarr") else None
+    if levels and len(levels) > 1 and all(lv.ndim == 3 for lv in levels):
+        meta["multiscale"] = True
+        return [(levels, meta, kind)]
     return [(vol.data, meta, kind)]
 
 

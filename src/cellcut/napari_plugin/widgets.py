@@ -614,7 +614,8 @@ class SegmentWidget(QWidget):
             show_error(problem)
             return
         model = "default" if self.model.value == "default model" else str(self.model_path.value)
-        data = np.asarray(layer.data)
+        # the layer's own array (level 0 of a pyramid; dask and zarr read block by block)
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
         kwargs = dict(
             model=model,
             voxel_size=voxel,

@@ -27,6 +27,7 @@ from cellcut.config import SegmentOptions, segment_options
 from cellcut.errors import ConfigError
 from cellcut.fingerprint import Fingerprint, measure
 from cellcut.io import (
+    GuardedArray,
     Volume,
     check_volume_array,
     check_volume_values,
@@ -123,7 +124,8 @@ def segment(
     Parameters
     ----------
     image
-        Path (read lazily), array or :class:`~cellcut.io.Volume`.
+        Path or URL (read lazily), :class:`~cellcut.io.Volume`, numpy array, or a lazy array
+        (dask, zarr, h5py: read block by block) or a pyramid of them (level 0 is used).
     out
         Labels output (.tif, .zarr, .ome.zarr, .h5[:dataset], .npy, .nii); None keeps them in
         memory only (``result.labels``).
@@ -204,6 +206,14 @@ def _open(image: str | os.PathLike | np.ndarray | Volume, opts: SegmentOptions) 
         return image
     if isinstance(image, (str, os.PathLike)):
         return read_volume(image, channel=opts.channel, time=opts.time, lazy=True, validate=False)
+    if isinstance(image, (list, tuple)) and image and hasattr(image[0], "shape"):
+        image = image[0]  # a multiscale pyramid (napari's layers, OME-Zarr levels): level 0
+    if not isinstance(image, np.ndarray) and all(
+        hasattr(image, a) for a in ("shape", "dtype", "__getitem__")
+    ):  # dask, zarr, h5py...: read block by block, never whole
+        lazy = GuardedArray(image, type(image).__name__)
+        check_volume_array(lazy, lazy.source)
+        return Volume(lazy, None, lazy.source)
     arr = np.asarray(image)
     check_volume_array(arr, "array")
     check_volume_values(arr, "array")
