@@ -440,13 +440,9 @@ def _is_dir(path: str) -> bool:
 
 
 def _is_volume(path: str) -> bool:
-    from cellcut.io import detect_format
+    from cellcut.io import is_volume_path
 
-    try:
-        detect_format(path)
-        return True
-    except CellcutError:
-        return False
+    return is_volume_path(path)
 
 
 @_command("segment")

@@ -124,7 +124,8 @@ def detect_format(path: str | os.PathLike) -> str:
 # Reading
 
 
-def _is_volume_path(p: Path) -> bool:
+def is_volume_path(p: str | os.PathLike) -> bool:
+    """Whether ``p`` names a volume format cellcut reads (by suffix; a zarr folder counts)."""
     try:
         detect_format(p)
         return True
@@ -143,7 +144,7 @@ def find_volumes(specs: Sequence[str | os.PathLike]) -> list[str]:
         text = os.fspath(spec)
         p = Path(text.split(":")[0] if ".h5:" in text or ".hdf5:" in text else text)
         if any(ch in text for ch in "*?["):
-            matches = sorted(m for m in glob.glob(text) if _is_volume_path(Path(m)))
+            matches = sorted(m for m in glob.glob(text) if is_volume_path(Path(m)))
             if not matches:
                 raise InputFileError(
                     "no volumes",
@@ -151,8 +152,8 @@ def find_volumes(specs: Sequence[str | os.PathLike]) -> list[str]:
                     "check the pattern and the suffixes",
                 )
             found += matches
-        elif p.is_dir() and not _is_volume_path(p):
-            matches = sorted(str(c) for c in p.iterdir() if _is_volume_path(c))
+        elif p.is_dir() and not is_volume_path(p):
+            matches = sorted(str(c) for c in p.iterdir() if is_volume_path(c))
             if not matches:
                 raise InputFileError(
                     "no volumes",
