@@ -113,6 +113,7 @@ def test_segment_then_evaluate(viewer, qtbot, errors):
     assert not errors
     assert "nuclei cells" in viewer.layers and "nuclei cell probability" in viewer.layers
     assert seg.table.rowCount() == seg.result.n_cells > 0
+    assert "probability" in seg.stages_seen and seg.progress.value() == seg.progress.maximum()
     features = viewer.layers["nuclei cells"].features
     assert len(features) == seg.result.n_cells
     assert {"label", "centroid-0", "area", "intensity_mean", "volume_um3"} <= set(features.columns)

@@ -566,6 +566,14 @@ class SegmentWidget(QWidget):
         )
         self.run_button = QPushButton("Segment")
         self.status = QLabel("idle")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress_queue: queue.Queue = queue.Queue()  # filled by the worker thread
+        self.stages_seen: list[str] = []
+        self.timer = QTimer(self)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.show_progress)
         self.table = QTableWidget()
         self.save_path = mw.FileEdit(
             label="CSV",
@@ -579,6 +587,7 @@ class SegmentWidget(QWidget):
             self.form.native,
             self.run_button,
             self.status,
+            self.progress,
             self.table,
             self.save_path.native,
             self.save_button,
@@ -625,12 +634,16 @@ class SegmentWidget(QWidget):
             min_volume="auto" if self.volume_auto.value else self.min_volume.value,
             crf=self.crf.value,
             keep_in_memory=True,
+            progress=lambda stage, done, total: self.progress_queue.put((stage, done, total)),
         )
 
         def job():
             from cellcut.segmentation import segment
 
             return segment(data, None, **kwargs)
+
+        self.stages_seen.clear()
+        self.timer.start()
 
         self.worker = create_worker(job)
         self.worker.returned.connect(lambda r: self._finished(r, layer, voxel))
@@ -639,7 +652,30 @@ class SegmentWidget(QWidget):
         self.status.setText("segmenting…")
         self.worker.start()
 
+    def show_progress(self) -> None:
+        """In the GUI thread: the latest block count of the running stage."""
+        latest = None
+        while True:
+            try:
+                latest = self.progress_queue.get_nowait()
+            except queue.Empty:
+                break
+            if latest[0] not in self.stages_seen:
+                self.stages_seen.append(latest[0])
+        if latest is not None:
+            stage, done, total = latest
+            self.progress.setRange(0, max(1, total))
+            self.progress.setValue(done)
+            self.status.setText(f"segmenting: {stage} {done}/{total} blocks")
+
+    def _stop_progress(self) -> None:
+        self.timer.stop()
+        self.show_progress()
+
     def _finished(self, result, layer, voxel) -> None:
+        self._stop_progress()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
         self.worker = None
         self.result = result
         self.run_button.setEnabled(True)
@@ -667,6 +703,7 @@ class SegmentWidget(QWidget):
             show_info(f"check the result: {warning}")
 
     def _failed(self, error: Exception) -> None:
+        self._stop_progress()
         self.worker = None
         self.run_button.setEnabled(True)
         self.status.setText("failed")
