@@ -72,6 +72,34 @@ def check_voxel_size(values) -> str | None:
     return None
 
 
+class _Mailbox:
+    """Messages from a worker thread, handed to ``handle`` in the GUI thread: a queue the
+    worker fills and a timer that empties it every 200 ms (Qt widgets are not thread-safe)."""
+
+    def __init__(self, parent: QWidget, handle: Any) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.handle = handle
+        self.timer = QTimer(parent)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.drain)
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                message = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.handle(*message)
+
+    def stop(self) -> None:
+        """The last messages, then no more polling."""
+        self.drain()
+        self.timer.stop()
+
+
 class _QueueCallback(TrainCallback):
     """Fills a queue from the training thread; the widget reads it in the GUI thread."""
 
@@ -126,8 +154,8 @@ class _LossPlot(QWidget):
 
 class _RunWidget(QWidget):
     """A long run (training, refinement) in a worker thread: start and stop buttons, a progress
-    bar and a status line; the run's callback fills a queue that :meth:`drain` empties on a
-    timer in the GUI thread, handing each message to :meth:`on_message`."""
+    bar and a status line; the run's callback fills a :class:`_Mailbox` that hands each message
+    to :meth:`on_message` in the GUI thread."""
 
     failure = "run failed"
 
@@ -139,11 +167,8 @@ class _RunWidget(QWidget):
         self.status = QLabel("idle")
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.request_stop)
-        self.queue: queue.Queue = queue.Queue()
+        self.mailbox = _Mailbox(self, self.on_message)
         self.stop_event = threading.Event()
-        self.timer = QTimer(self)
-        self.timer.setInterval(200)
-        self.timer.timeout.connect(self.drain)
         self.worker = None
         self.run = None
 
@@ -153,7 +178,7 @@ class _RunWidget(QWidget):
     def callback(self) -> _QueueCallback:
         """A fresh callback for the next run (a stop request cleared)."""
         self.stop_event.clear()
-        return _QueueCallback(self.queue, self.stop_event)
+        return _QueueCallback(self.mailbox.queue, self.stop_event)
 
     def launch(self, job: Any, status: str) -> None:
         self.worker = create_worker(job)
@@ -162,20 +187,12 @@ class _RunWidget(QWidget):
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.status.setText(status)
-        self.timer.start()
+        self.mailbox.start()
         self.worker.start()
 
     def request_stop(self) -> None:
         self.stop_event.set()
         self.status.setText("stopping after this step…")
-
-    def drain(self) -> None:
-        while True:
-            try:
-                kind, payload = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            self.on_message(kind, payload)
 
     def on_message(self, kind: str, payload: Any) -> None:
         """One message of the run's callback ("start", "log", "diagnosis")."""
@@ -184,8 +201,7 @@ class _RunWidget(QWidget):
         return f"done: {run.step} steps ({run.stopped_by})"
 
     def _settle(self) -> None:
-        self.drain()
-        self.timer.stop()
+        self.mailbox.stop()
         self.worker = None
         self.start_button.setEnabled(True)
         self.stop_button.setEnabled(False)
@@ -569,11 +585,8 @@ class SegmentWidget(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress_queue: queue.Queue = queue.Queue()  # filled by the worker thread
         self.stages_seen: list[str] = []
-        self.timer = QTimer(self)
-        self.timer.setInterval(200)
-        self.timer.timeout.connect(self.show_progress)
+        self.mailbox = _Mailbox(self, self.show_progress)  # segment()'s progress callback
         self.table = QTableWidget()
         self.save_path = mw.FileEdit(
             label="CSV",
@@ -634,7 +647,7 @@ class SegmentWidget(QWidget):
             min_volume="auto" if self.volume_auto.value else self.min_volume.value,
             crf=self.crf.value,
             keep_in_memory=True,
-            progress=lambda stage, done, total: self.progress_queue.put((stage, done, total)),
+            progress=lambda stage, done, total: self.mailbox.queue.put((stage, done, total)),
         )
 
         def job():
@@ -643,7 +656,7 @@ class SegmentWidget(QWidget):
             return segment(data, None, **kwargs)
 
         self.stages_seen.clear()
-        self.timer.start()
+        self.mailbox.start()
 
         self.worker = create_worker(job)
         self.worker.returned.connect(lambda r: self._finished(r, layer, voxel))
@@ -652,28 +665,16 @@ class SegmentWidget(QWidget):
         self.status.setText("segmenting…")
         self.worker.start()
 
-    def show_progress(self) -> None:
-        """In the GUI thread: the latest block count of the running stage."""
-        latest = None
-        while True:
-            try:
-                latest = self.progress_queue.get_nowait()
-            except queue.Empty:
-                break
-            if latest[0] not in self.stages_seen:
-                self.stages_seen.append(latest[0])
-        if latest is not None:
-            stage, done, total = latest
-            self.progress.setRange(0, max(1, total))
-            self.progress.setValue(done)
-            self.status.setText(f"segmenting: {stage} {done}/{total} blocks")
-
-    def _stop_progress(self) -> None:
-        self.timer.stop()
-        self.show_progress()
+    def show_progress(self, stage: str, done: int, total: int) -> None:
+        """In the GUI thread: the block count of the running stage."""
+        if stage not in self.stages_seen:
+            self.stages_seen.append(stage)
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+        self.status.setText(f"segmenting: {stage} {done}/{total} blocks")
 
     def _finished(self, result, layer, voxel) -> None:
-        self._stop_progress()
+        self.mailbox.stop()
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.worker = None
@@ -703,7 +704,7 @@ class SegmentWidget(QWidget):
             show_info(f"check the result: {warning}")
 
     def _failed(self, error: Exception) -> None:
-        self._stop_progress()
+        self.mailbox.stop()
         self.worker = None
         self.run_button.setEnabled(True)
         self.status.setText("failed")
