@@ -134,7 +134,6 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, create: bool 
     """
     target, _ = split_location(path)
     check_name_length(target)
-    remove_stale_temporaries(target)
     if target.exists() and not overwrite:
         raise OutputError(
             "output exists",
@@ -188,22 +187,36 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def remove_stale_temporaries(target: Path) -> list[Path]:
-    """Remove the temporaries of ``target`` left by processes of this host that are gone (a
-    killed run); returns what was removed."""
-    stem, suffix = _split_suffix(target.name)
+def _is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name)
+
+
+def remove_stale_temporaries(*targets: Path) -> list[Path]:
+    """Remove the temporaries of ``targets`` left by processes of this host that are gone (a
+    killed run); returns what was removed. Each folder is listed once, whatever the number of
+    targets in it; a target that is itself a temporary (a staged output) is skipped, its own
+    temporaries being matched by those of the final output."""
     tag = r"\.(?:tmp|old)-(\w{6})-(\d+)-[0-9a-f]{8}"
-    pattern = re.compile(  # also a temporary of a temporary (an atomic write into a staged path)
-        rf"^\.\.?{re.escape(stem[:_STEM_IN_TEMP])}{tag}(?:{tag})?{re.escape(suffix)}$"
-    )
-    folder = target.parent if str(target.parent) else Path(".")
+    by_folder: dict[Path, list[re.Pattern]] = {}
+    for target in targets:
+        if _is_temporary(target):
+            continue
+        stem, suffix = _split_suffix(target.name)
+        pattern = re.compile(  # also a temporary of a temporary (an atomic write into it)
+            rf"^\.\.?{re.escape(stem[:_STEM_IN_TEMP])}{tag}(?:{tag})?{re.escape(suffix)}$"
+        )
+        folder = target.parent if str(target.parent) else Path(".")
+        by_folder.setdefault(folder, []).append(pattern)
     removed = []
-    with contextlib.suppress(OSError):
-        for entry in folder.iterdir():
-            match = pattern.match(entry.name)
-            if match and match.group(1) == _HOST and not _alive(int(match.group(2))):
-                _remove(entry)
-                removed.append(entry)
+    for folder, patterns in by_folder.items():
+        with contextlib.suppress(OSError):
+            for entry in folder.iterdir():
+                for pattern in patterns:
+                    match = pattern.match(entry.name)
+                    if match and match.group(1) == _HOST and not _alive(int(match.group(2))):
+                        _remove(entry)
+                        removed.append(entry)
+                        break
     return removed
 
 
@@ -312,10 +325,10 @@ class OutputSet:
                         file=path,
                     )
         self.replaced_unfinished = self._unfinished()
+        paths = list(self.paths.values())
+        remove_stale_temporaries(*paths, *(_journal(p) for p in paths))
         for role in roles:
             path = self.paths[role]
-            remove_stale_temporaries(path)
-            remove_stale_temporaries(_journal(path))
             if path.exists() and not self.overwrite and path not in self.replaced_unfinished:
                 raise OutputError(
                     "output exists",
