@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import itertools
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from cellcut.blocks import tiles
 from cellcut.errors import CellcutError, InputFileError, OutputError, VolumeError
 from cellcut.outputs import atomic_output, check_input_path, check_output, split_location
 
@@ -1121,12 +1121,7 @@ def _copy(dst: Any, src: Any) -> None:
     if isinstance(src, np.ndarray):
         dst[...] = src
         return
-    shape = tuple(int(s) for s in src.shape)
-    ranges = [range(0, s, c) for s, c in zip(shape, src.chunks, strict=True)]
-    for start in itertools.product(*ranges):
-        piece = tuple(
-            slice(a, min(a + c, s)) for a, c, s in zip(start, src.chunks, shape, strict=True)
-        )
+    for piece in tiles(tuple(int(s) for s in src.shape), src.chunks):
         dst[piece] = src[piece]
 
 

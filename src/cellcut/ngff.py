@@ -15,13 +15,14 @@ written as 0.4, which every current reader opens.
 from __future__ import annotations
 
 import colorsys
-import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cellcut.blocks import tiles
 
 MIN_LEVEL_SIZE = 32
 """An axis is halved for the next level only while it stays at least this long."""
@@ -64,12 +65,7 @@ def _level_shapes(shape: Sequence[int]) -> list[tuple[tuple[int, ...], tuple[int
 
 def _downsample(prev: Any, out: Any, step: Sequence[int]) -> None:
     """``out`` = every ``step``-th voxel of ``prev``, one chunk of ``out`` at a time."""
-    chunks = out.chunks
-    ranges = [range(0, s, c) for s, c in zip(out.shape, chunks, strict=True)]
-    for start in itertools.product(*ranges):
-        region = tuple(
-            slice(a, min(a + c, s)) for a, c, s in zip(start, chunks, out.shape, strict=True)
-        )
+    for region in tiles(out.shape, out.chunks):
         source = tuple(slice(r.start * k, r.stop * k, k) for r, k in zip(region, step, strict=True))
         out[region] = np.asarray(prev[source])
 
@@ -153,15 +149,7 @@ def _block_max(arr: Any) -> int:
     """The largest value of an integer array, chunk by chunk (0 for float data)."""
     if np.dtype(arr.dtype).kind not in "iu":
         return 0
-    best = 0
-    chunks = arr.chunks
-    ranges = [range(0, s, c) for s, c in zip(arr.shape, chunks, strict=True)]
-    for start in itertools.product(*ranges):
-        region = tuple(
-            slice(a, min(a + c, s)) for a, c, s in zip(start, chunks, arr.shape, strict=True)
-        )
-        best = max(best, int(np.asarray(arr[region]).max()))
-    return best
+    return max(int(np.asarray(arr[region]).max()) for region in tiles(arr.shape, arr.chunks))
 
 
 def sync_labels(zarr: Any, image: Path) -> list[str]:

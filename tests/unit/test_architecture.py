@@ -17,9 +17,9 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src" / "cellcut"
 
 LAYERS: list[set[str]] = [
-    {"_version", "errors", "samples", "artifacts"},
+    {"_version", "errors", "samples", "artifacts", "blocks"},
     {"outputs", "ngff"},
-    {"io", "runtime", "normalize", "synthetic", "metrics", "postprocess", "infer", "blocks"},
+    {"io", "runtime", "normalize", "synthetic", "metrics", "postprocess", "infer"},
     {"crf"},
     {"config", "figures", "fingerprint"},
     {"model", "losses"},
