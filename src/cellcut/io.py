@@ -212,18 +212,20 @@ def read_volume(
         ``validate``) NaN/Inf or constant values.
     """
     source = os.fspath(location)
-    if is_url(source):
-        return _read_url(source, channel, time, lazy, validate)
-    path, key = split_location(location)
-    check_input_path(location)
-    if not path.exists():
-        raise InputFileError(
-            "cannot read volume",
-            "the file does not exist",
-            "check the path (relative paths start from the current folder)",
-            file=source,
-        )
-    fmt = detect_format(path)
+    url = is_url(source)
+    if url:
+        path, key, fmt = _locate_url(source)
+    else:
+        path, key = split_location(location)
+        check_input_path(location)
+        if not path.exists():
+            raise InputFileError(
+                "cannot read volume",
+                "the file does not exist",
+                "check the path (relative paths start from the current folder)",
+                file=source,
+            )
+        fmt = detect_format(path)
     readers = {
         "tiff": _read_tiff,
         "zarr": _read_zarr,
@@ -239,13 +241,15 @@ def read_volume(
     except Exception as e:  # a reader parses untrusted bytes: any failure is the file's
         raise InputFileError(
             "cannot read volume",
-            f"the file is truncated or corrupt ({_cause(e)})",
-            "re-export or re-copy the file",
+            f"the {'store cannot be read' if url else 'file is truncated or corrupt'} "
+            f"({_cause(e)})",
+            "check the URL and your access" if url else "re-export or re-copy the file",
             file=source,
         ) from e
     data = select_3d(data, axes, channel=channel, time=time, source=source)
     check_volume_array(data, source)
-    warnings = _missing_chunks(data, source) if fmt in ("zarr", "ome-zarr") else []
+    # (not over a network: listing every chunk key of a remote store costs more than it tells)
+    warnings = _missing_chunks(data, source) if fmt in ("zarr", "ome-zarr") and not url else []
     if not isinstance(data, np.ndarray):
         data = GuardedArray(data, source)
     if not lazy:
@@ -345,8 +349,9 @@ def is_url(location: str) -> bool:
     return re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", location) is not None
 
 
-def _read_url(url: str, channel: int | None, time: int | None, lazy: bool, validate: bool):
-    """A zarr or OME-Zarr store at an fsspec URL (``s3://``, ``https://``...)."""
+def _locate_url(url: str) -> tuple[Any, str | None, str]:
+    """Store, key and format of a zarr or OME-Zarr store at an fsspec URL (``s3://``,
+    ``https://``...); other formats are refused."""
     match = re.match(r"^(.*?\.zarr)/?:(.+)$", url, flags=re.IGNORECASE)
     store, key = (match.group(1), match.group(2).strip("/")) if match else (url.rstrip("/"), None)
     if not store.lower().endswith(".zarr"):
@@ -362,22 +367,7 @@ def _read_url(url: str, channel: int | None, time: int | None, lazy: bool, valid
         raise InputFileError(
             "cannot read volume", "URLs need the fsspec package", "pip install fsspec", file=url
         ) from e
-    try:
-        data, axes, voxel_size = _read_zarr(store, key, lazy, url)  # type: ignore[arg-type]
-        data = select_3d(data, axes, channel=channel, time=time, source=url)
-        check_volume_array(data, url)
-    except CellcutError:
-        raise
-    except Exception as e:  # network and store errors of every kind
-        raise InputFileError(
-            "cannot read volume", f"the store cannot be opened ({_cause(e)})", file=url
-        ) from e
-    data = GuardedArray(data, url)
-    if not lazy:
-        data = np.asarray(data[...])
-        if validate:
-            check_volume_values(data, url)
-    return Volume(data=data, voxel_size=voxel_size, source=url)
+    return store, key, "ome-zarr" if store.lower().endswith(".ome.zarr") else "zarr"
 
 
 def read_pyramid(location: str | os.PathLike) -> list[Any] | None:
