@@ -80,12 +80,14 @@ def _existing_ancestor(path: Path) -> Path:
     return folder
 
 
-def _probe_folder(folder: Path, target: Path) -> None:
-    """Create and remove a file in ``folder``: the only test of writability that holds
-    everywhere (permissions, read-only mounts, /proc, ACLs)."""
+def check_writable(target: Path, what: str = "output", inside: bool = False) -> None:
+    """That ``target`` can be written: a file is created and removed in its nearest existing
+    folder (with ``inside``, in ``target`` itself where it is a folder: a run folder), the only
+    test that holds everywhere (permissions, read-only mounts, /proc, ACLs)."""
+    folder = target if inside and target.is_dir() else _existing_ancestor(target)
     if not folder.is_dir():
         raise OutputError(
-            "cannot write output",
+            f"cannot write {what}",
             f"{folder} is a file, not a folder",
             "choose a path in a folder you can write to",
             file=target,
@@ -96,7 +98,7 @@ def _probe_folder(folder: Path, target: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise OutputError(
-            "cannot write output",
+            f"cannot write {what}",
             f"the folder {folder} is not writable ({e.strerror or e})",
             "choose a path in a folder you can write to",
             file=target,
@@ -143,7 +145,7 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, create: bool 
         )
     if create:
         make_parents(target)
-    _probe_folder(_existing_ancestor(target), target)
+    check_writable(target)
     return target
 
 
@@ -336,7 +338,7 @@ class OutputSet:
                     "pass --overwrite (overwrite=True) or choose another path",
                     file=path,
                 )
-            _probe_folder(_existing_ancestor(path), path)
+            check_writable(path)
 
     def _unfinished(self) -> list[Path]:
         """Outputs listed by the journal of a commit that never ended (a killed run)."""

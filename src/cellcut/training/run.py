@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,13 @@ from typing import Any
 from cellcut.config import TrainConfig
 from cellcut.errors import OutputError
 from cellcut.model import CHECKPOINT_NAME, WNet3D
-from cellcut.outputs import atomic_output, check_name_length, process_gone, this_process
+from cellcut.outputs import (
+    atomic_output,
+    check_name_length,
+    check_writable,
+    process_gone,
+    this_process,
+)
 from cellcut.training.diagnostics import Diagnosis
 
 METRIC_FIELDS = [
@@ -131,7 +136,7 @@ def check_run_dir(
             f"the run in {out} was interrupted and never finished: starting it again "
             "(--resume would have continued it)"
         )
-    _probe_run_dir(out)
+    check_writable(out, what="run", inside=True)
     return note
 
 
@@ -146,23 +151,6 @@ def _run_state(out: Path) -> str:
     except (OSError, ValueError):
         return "interrupted"
     return "running" if process_gone(record) is False else "interrupted"
-
-
-def _probe_run_dir(out: Path) -> None:
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    probe = folder / f".cellcut-write-test-{os.getpid()}"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(
-            "cannot write run",
-            f"the folder is not writable ({e.strerror or e})",
-            "choose a folder you can write to",
-            file=out,
-        ) from e
 
 
 def create_run_dir(out: Path) -> Path:
