@@ -285,18 +285,10 @@ class ScriptedEncoder(torch.nn.Module):
         return self.arch.n_classes
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[2:]
-        pads: list[int] = []
-        for s in reversed(size):
-            extra = (-s) % self.step
-            pads += [extra // 2, extra - extra // 2]
-        xp = torch.nn.functional.pad(x, pads, mode="replicate") if any(pads) else x
-        y = self.module(xp)
-        index = [slice(None), slice(None)]
-        for axis in range(3):
-            lo, hi = pads[2 * (2 - axis)], pads[2 * (2 - axis) + 1]
-            index.append(slice(lo, y.shape[2 + axis] - hi))
-        return y[tuple(index)]
+        from cellcut.model.network import crop_padding, pad_to_multiple
+
+        xp, pads = pad_to_multiple(x, self.step)
+        return crop_padding(self.module(xp), pads)
 
 
 def _contract(rdf: dict) -> tuple[tuple[float, float], int, int, str]:

@@ -268,28 +268,39 @@ class _PaddedNet(nn.Module):
             raise ValueError(f"expected input of shape (N, C, Z, Y, X), got {tuple(x.shape)}")
         if x.shape[1] != self.arch.in_channels:
             raise ValueError(f"expected {self.arch.in_channels} input channel(s), got {x.shape[1]}")
-        m = 2**self.arch.depth
-        size = x.shape[2:]
-        pads: list[int] = []
-        for s in reversed(size):
-            extra = (-s) % m
-            pads += [extra // 2, extra - extra // 2]
-        if any(pads):
-            sizes = [s for s in reversed(size) for _ in range(2)]
-            fits = all(p < s for p, s in zip(pads, sizes, strict=True))
-            mode = "reflect" if fits else "replicate"
-            x = F.pad(x, pads, mode=mode)
-        return x.contiguous(memory_format=torch.channels_last_3d), pads
+        xp, pads = pad_to_multiple(x, 2**self.arch.depth)
+        return xp.contiguous(memory_format=torch.channels_last_3d), pads
 
     @staticmethod
     def _crop(y: Tensor, pads: Sequence[int]) -> Tensor:
-        if not any(pads):
-            return y
-        index = [slice(None), slice(None)]
-        for axis in range(3):
-            lo, hi = pads[2 * (2 - axis)], pads[2 * (2 - axis) + 1]
-            index.append(slice(lo, y.shape[2 + axis] - hi))
-        return y[tuple(index)]
+        return crop_padding(y, pads)
+
+
+def pad_to_multiple(x: Tensor, m: int) -> tuple[Tensor, list[int]]:
+    """``x`` (N, C, Z, Y, X) padded so each spatial size is a multiple of ``m`` (by reflection
+    where the padding is shorter than the axis, else by replication), and the pads
+    (``F.pad`` order) that :func:`crop_padding` undoes."""
+    size = x.shape[2:]
+    pads: list[int] = []
+    for s in reversed(size):
+        extra = (-s) % m
+        pads += [extra // 2, extra - extra // 2]
+    if any(pads):
+        sizes = [s for s in reversed(size) for _ in range(2)]
+        fits = all(p < s for p, s in zip(pads, sizes, strict=True))
+        x = F.pad(x, pads, mode="reflect" if fits else "replicate")
+    return x, pads
+
+
+def crop_padding(y: Tensor, pads: Sequence[int]) -> Tensor:
+    """An output of a padded input cropped back to the input's size."""
+    if not any(pads):
+        return y
+    index = [slice(None), slice(None)]
+    for axis in range(3):
+        lo, hi = pads[2 * (2 - axis)], pads[2 * (2 - axis) + 1]
+        index.append(slice(lo, y.shape[2 + axis] - hi))
+    return y[tuple(index)]
 
 
 class WNet3D(_PaddedNet):
