@@ -199,10 +199,11 @@ def from_bioimageio(path: Path) -> dict[str, Any]:
 
     try:
         if path.suffix.lower() == ".zip":
-            with zipfile.ZipFile(path) as z:
-                files = {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
-            rdf = yaml.safe_load(files["rdf.yaml"])
-            read = files.__getitem__
+            rdf = yaml.safe_load(_zip_member(path, "rdf.yaml"))
+
+            def read(name: str) -> bytes:  # only what is needed, not the test tensors
+                return _zip_member(path, name)
+
         else:
             rdf = yaml.safe_load(path.read_text())
 
@@ -239,6 +240,11 @@ def from_bioimageio(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             "cannot load model", f"its weights cannot be read ({str(e)[:120]})", file=path
         ) from e
+
+
+def _zip_member(path: Path, name: str) -> bytes:
+    with zipfile.ZipFile(path) as z:
+        return z.read(name)
 
 
 def _rebuild(mine: dict, encoder: dict, source: str) -> dict[str, Any]:
