@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellcut.blocks import blocks, inner_faces, owned_objects, tiles
+from cellcut.blocks import Block, blocks, inner_faces, owned_objects, tiles
 from cellcut.postprocess import (
     auto_spot_sigma,
     choose_instances,
@@ -108,39 +108,19 @@ def label_blocks(
     """
     shape = tuple(int(s) for s in probability.shape)
     result = Labelling(0)
-    seeded = interior is not None and method in ("auto", "seeded")
-    if method in ("voronoi-otsu", "auto") and not seeded:
-        if options.get("spot_sigma", "auto") == "auto":
-            options["spot_sigma"], result.median_radius = estimate_spot_sigma(
-                probability, voxel_size, options.get("outline_sigma", 1.0)
-            )
-        result.spot_sigma = float(options["spot_sigma"])
+    options = resolve_spot_sigma(probability, method, voxel_size, interior, options, result)
     grid = blocks(shape, block, halo)
     next_id = 1
     for i, blk in enumerate(grid):
-        prob = np.asarray(probability[blk.outer], dtype=np.float32)
-        if seeded:
-            inner = np.asarray(interior[blk.outer], dtype=np.float32)
-            local = instances(
-                prob, "seeded", voxel_size=voxel_size, probability=True, interior=inner, **options
-            )
-            result.chosen["seeded"] = result.chosen.get("seeded", 0) + 1
-        elif method == "auto":
-            local, chosen = choose_instances(
-                prob, voxel_size=voxel_size, probability=True, **options
-            )
+        local, n, chosen = label_block(
+            probability, blk, shape, method=method, voxel_size=voxel_size, interior=interior,
+            **options,
+        )  # fmt: skip
+        if method in ("auto", "seeded"):
             result.chosen[chosen] = result.chosen.get(chosen, 0) + 1
-        else:
-            local = instances(prob, method, voxel_size=voxel_size, probability=True, **options)
-        del prob
-        n = int(local.max())
         if n:
-            own = owned_objects(local, centroids(label_moments(local)), blk, shape)
-            lut = np.zeros(n + 1, dtype=np.int32)
-            kept = np.flatnonzero(own)
-            lut[kept] = np.arange(next_id, next_id + len(kept))
-            next_id += len(kept)
-            local = relabel(lut, local, in_place=True)
+            local = offset_labels(local, next_id - 1)
+            next_id += n
             target = np.asarray(out[blk.outer])
             np.copyto(target, local, where=local > 0)
             out[blk.outer] = target
@@ -148,3 +128,68 @@ def label_blocks(
             progress("instances", i + 1, len(grid))
     result.n_objects = next_id - 1
     return result
+
+
+def offset_labels(local: np.ndarray, offset: int) -> np.ndarray:
+    """``local`` (int32, ids 1..n) with every id raised by ``offset``, in place."""
+    lut = np.arange(int(local.max()) + 1, dtype=np.int32) + np.int32(offset)
+    lut[0] = 0
+    return relabel(lut, local, in_place=True)
+
+
+def resolve_spot_sigma(
+    probability: Any,
+    method: str,
+    voxel_size: Sequence[float] | None,
+    interior: Any | None,
+    options: dict[str, Any],
+    result: Labelling,
+) -> dict[str, Any]:
+    """``options`` with Voronoi-Otsu's ``spot_sigma="auto"`` measured once for the whole
+    volume (:func:`estimate_spot_sigma`), recorded in ``result``: one blur for every block, or
+    block-wise and one-piece labelling would differ."""
+    options = dict(options)
+    seeded = interior is not None and method in ("auto", "seeded")
+    if method in ("voronoi-otsu", "auto") and not seeded:
+        if options.get("spot_sigma", "auto") == "auto":
+            options["spot_sigma"], result.median_radius = estimate_spot_sigma(
+                probability, voxel_size, options.get("outline_sigma", 1.0)
+            )
+        result.spot_sigma = float(options["spot_sigma"])
+    return options
+
+
+def label_block(
+    probability: Any,
+    blk: Block,
+    shape: Sequence[int],
+    *,
+    method: str,
+    voxel_size: Sequence[float] | None,
+    interior: Any | None = None,
+    **options: Any,
+) -> tuple[np.ndarray, int, str]:
+    """One block's instances over its outer region: the objects it owns
+    (:func:`cellcut.blocks.owned_objects`) numbered 1..n in the order of the local labelling,
+    the others 0. Returns (labels, n, the method used)."""
+    prob = np.asarray(probability[blk.outer], dtype=np.float32)
+    if interior is not None and method in ("auto", "seeded"):
+        inner = np.asarray(interior[blk.outer], dtype=np.float32)
+        local = instances(
+            prob, "seeded", voxel_size=voxel_size, probability=True, interior=inner, **options
+        )
+        chosen = "seeded"
+    elif method == "auto":
+        local, chosen = choose_instances(prob, voxel_size=voxel_size, probability=True, **options)
+    else:
+        local = instances(prob, method, voxel_size=voxel_size, probability=True, **options)
+        chosen = method
+    del prob
+    n = int(local.max())
+    if not n:
+        return local, 0, chosen
+    own = owned_objects(local, centroids(label_moments(local)), blk, shape)
+    lut = np.zeros(n + 1, dtype=np.int32)
+    kept = np.flatnonzero(own)
+    lut[kept] = np.arange(1, len(kept) + 1)
+    return relabel(lut, local, in_place=True), len(kept), chosen

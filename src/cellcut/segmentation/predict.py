@@ -105,41 +105,76 @@ def predict_probability(
     image as one-piece work.
     """
     shape = tuple(int(s) for s in volume.shape)
-    window = tuple(min(int(w), s) for w, s in zip(window, shape, strict=True))
-    blur = tuple(float(v) for v in denoise) if denoise and any(v > 0 for v in denoise) else None
-    grid = blocks(shape, block, [w // 2 for w in window])
-    scale = model.input_scale
-    fg = list(model.foreground_classes)
-    net = model.model.eval()
-
-    refined = model.kind == "refined"
-    if refined and interior_out is None:
+    grid = blocks(shape, block, prediction_halo(window, shape))
+    if model.kind == "refined" and interior_out is None:
         raise ValueError("a refined model's interior needs interior_out")
-
-    def predictor(batch: torch.Tensor) -> torch.Tensor:
-        probs = net.encode(batch / scale)
-        if refined:  # foreground (boundary + interior), interior
-            return torch.stack([probs[:, 1] + probs[:, 2], probs[:, 2]], dim=1)
-        return foreground_probability(probs, fg)
-
+    predictor = BlockPredictor(model)
     for i, blk in enumerate(grid):
-        data = _read(volume, blk.outer, shape, blur)
-        if normalization is not None:
-            data = normalization(data)
-        prob = sliding_window(
-            data,
-            predictor,
-            2 if refined else 1,
-            window=window,
-            overlap=overlap,
-            batch_size=batch_size,
-            device=device,
-        )
-        out[blk.core] = prob[(0, *blk.inner)]
-        if refined:
-            interior_out[blk.core] = prob[(1, *blk.inner)]
+        prob = predict_block(
+            volume, blk, predictor, window=window, overlap=overlap, batch_size=batch_size,
+            device=device, normalization=normalization, denoise=denoise,
+        )  # fmt: skip
+        out[blk.core] = prob[0]
+        if interior_out is not None and len(prob) > 1:
+            interior_out[blk.core] = prob[1]
         if progress is not None:
             progress("probability", i + 1, len(grid))
+
+
+def prediction_halo(window: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """The halo a prediction block is read with: half a window, so seams see full context."""
+    return tuple(min(int(w), s) // 2 for w, s in zip(window, shape, strict=True))  # type: ignore[return-value]
+
+
+class BlockPredictor:
+    """A model as a function of a batch of windows: foreground probability (and a refined
+    model's interior), one channel each."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.net = model.model.eval()
+        self.scale = model.input_scale
+        self.foreground = list(model.foreground_classes)
+        self.refined = model.kind == "refined"
+        self.channels = 2 if self.refined else 1
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        probs = self.net.encode(batch / self.scale)
+        if self.refined:  # foreground (boundary + interior), interior
+            return torch.stack([probs[:, 1] + probs[:, 2], probs[:, 2]], dim=1)
+        return foreground_probability(probs, self.foreground)
+
+
+def predict_block(
+    volume: Any,
+    blk: Any,
+    predictor: BlockPredictor,
+    *,
+    window: Sequence[int],
+    overlap: float,
+    batch_size: int,
+    device: str | torch.device,
+    normalization: Callable[[np.ndarray], np.ndarray] | None,
+    denoise: Sequence[float] | None,
+) -> np.ndarray:
+    """One block's probability channels over its core, shape (channels, *core): the block's
+    outer region read (blurred by ``denoise`` as the whole volume would be), normalized and
+    predicted by sliding windows."""
+    shape = tuple(int(s) for s in volume.shape)
+    window = tuple(min(int(w), s) for w, s in zip(window, shape, strict=True))
+    blur = tuple(float(v) for v in denoise) if denoise and any(v > 0 for v in denoise) else None
+    data = _read(volume, blk.outer, shape, blur)
+    if normalization is not None:
+        data = normalization(data)
+    prob = sliding_window(
+        data,
+        predictor,
+        predictor.channels,
+        window=window,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+    )
+    return prob[(slice(None), *blk.inner)]
 
 
 def _read(
@@ -179,18 +214,41 @@ def crf_probability(
     by block: each block with a halo as wide as the CRF's messages travel, so the result does
     not depend on the block size. The CRF sees the image as the model saw it (denoised,
     normalized)."""
-    from cellcut.crf import CRF_ITERATIONS, dense_crf, window_radius
+    shape = tuple(int(s) for s in volume.shape)
+    grid = blocks(shape, block, crf_halo(voxel_size))
+    for i, blk in enumerate(grid):
+        out[blk.core] = crf_block(
+            volume, probability, blk, voxel_size=voxel_size, normalization=normalization,
+            denoise=denoise,
+        )  # fmt: skip
+        if progress is not None:
+            progress("crf", i + 1, len(grid))
+
+
+def crf_halo(voxel_size: Sequence[float] | None) -> list[int]:
+    """The halo of a CRF block: as far as the CRF's messages travel."""
+    from cellcut.crf import CRF_ITERATIONS, window_radius
+
+    return [r * CRF_ITERATIONS for r in window_radius(voxel_size)]
+
+
+def crf_block(
+    volume: Any,
+    probability: Any,
+    blk: Any,
+    *,
+    voxel_size: Sequence[float] | None,
+    normalization: Callable[[np.ndarray], np.ndarray] | None,
+    denoise: Sequence[float] | None,
+) -> np.ndarray:
+    """One block's probability after the dense CRF, over its core; the CRF sees the image as
+    the model saw it (denoised, normalized)."""
+    from cellcut.crf import dense_crf
 
     shape = tuple(int(s) for s in volume.shape)
     blur = tuple(float(v) for v in denoise) if denoise and any(v > 0 for v in denoise) else None
-    halo = [r * CRF_ITERATIONS for r in window_radius(voxel_size)]
-    grid = blocks(shape, block, halo)
-    for i, blk in enumerate(grid):
-        data = _read(volume, blk.outer, shape, blur)
-        if normalization is not None:
-            data = normalization(data)
-        prob = np.asarray(probability[blk.outer], dtype=np.float32)
-        refined = dense_crf(prob, data, voxel_size)
-        out[blk.core] = refined[blk.inner]
-        if progress is not None:
-            progress("crf", i + 1, len(grid))
+    data = _read(volume, blk.outer, shape, blur)
+    if normalization is not None:
+        data = normalization(data)
+    prob = np.asarray(probability[blk.outer], dtype=np.float32)
+    return dense_crf(prob, data, voxel_size)[blk.inner]
