@@ -68,6 +68,8 @@ _SEGMENT_FLAGS = {
     "device": ("--device", {}),
     "channel": ("--channel", {"type": int}),
     "time": ("--time", {"type": int}),
+    "cluster": ("--cluster", {"metavar": "local:N|tcp://HOST:PORT"}),
+    "scratch": ("--scratch", {"metavar": "FOLDER"}),
 }
 
 

@@ -393,6 +393,33 @@ class SegmentOptions(_Section):
         description="dense CRF on the foreground probability before instances (the W-Net "
         "paper's post-processing; measured in the README)",
     )
+    cluster: str | None = Field(
+        None,
+        description="run the block work on dask workers: local:N, or a scheduler address "
+        "(tcp://HOST:PORT); needs the distributed extra",
+    )
+    scratch: str | None = Field(
+        None,
+        description="folder for intermediate arrays (on a cluster: one every worker can reach); "
+        "default: the system's temporary folder",
+    )
+
+    @field_validator("scratch", mode="before")
+    @classmethod
+    def _scratch(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        count = value.removeprefix("local:")
+        if value.startswith("local:") and not (count.isdigit() and int(count) >= 1):
+            raise ValueError(f"{value}: use local:N with N >= 1 workers")
+        if not value.startswith("local:") and "://" not in value:
+            raise ValueError(f"{value}: use local:N or a scheduler address (tcp://HOST:8786)")
+        return value
 
     @field_validator("voxel_size", mode="before")
     @classmethod

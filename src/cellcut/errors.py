@@ -69,3 +69,7 @@ class ConfigError(CellcutError, ValueError):
 
 class CheckpointError(CellcutError):
     """A checkpoint or model file is missing, corrupt or does not match."""
+
+
+class ClusterError(CellcutError):
+    """Block work on a dask cluster failed (after its retries)."""

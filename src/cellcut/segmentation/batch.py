@@ -11,6 +11,7 @@ of every input (status, cells, seconds, outputs, error) is written at the end, a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cellcut.config import segment_options
 from cellcut.errors import CellcutError, InputFileError
 from cellcut.io import Volume, find_volumes, read_stack_folder
 from cellcut.outputs import atomic_output, check_output, split_location
@@ -89,16 +91,22 @@ def segment_batch(
     summary = check_output(folder / SUMMARY_NAME, overwrite=True)
     stems = [output_names(s) for s in inputs]
     clashes = {s for s in stems if stems.count(s) > 1}
-    settings = dict(options or {})
+    settings = segment_options(options).model_dump(exclude_unset=True)
+    cluster = settings.pop("cluster", None)
     loaded = resolve_model(model, resolve_device(settings.get("device") or "auto"))
     result = BatchResult()
-    for i, (source, stem) in enumerate(zip(inputs, stems, strict=True)):
-        name = f"{stem}-{i}" if stem in clashes else stem
-        row = _one(source, folder, name, loaded, settings, probability, stack_folders,
-                   overwrite, progress)  # fmt: skip
-        result.rows.append(row)
-        if on_input is not None:
-            on_input(i, len(inputs), source, row)
+    with contextlib.ExitStack() as stack:
+        if cluster is not None:  # one cluster for the whole batch
+            from cellcut.segmentation.cluster import connect
+
+            settings["cluster"] = stack.enter_context(connect(cluster))
+        for i, (source, stem) in enumerate(zip(inputs, stems, strict=True)):
+            name = f"{stem}-{i}" if stem in clashes else stem
+            row = _one(source, folder, name, loaded, settings, probability, stack_folders,
+                       overwrite, progress)  # fmt: skip
+            result.rows.append(row)
+            if on_input is not None:
+                on_input(i, len(inputs), source, row)
     with atomic_output(summary) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, SUMMARY_FIELDS)
         writer.writeheader()
@@ -130,7 +138,7 @@ def _one(
             image,
             labels,
             model=loaded,
-            options=settings,
+            **settings,
             stats=stats,
             overview=folder / f"{name}_overview.png",
             probability_out=folder / f"{name}_probability.tif" if probability else None,

@@ -39,12 +39,17 @@ from cellcut.io import (
     write_volume,
     zarr_block_io,
 )
-from cellcut.model import LoadedModel
+from cellcut.model import LoadedModel, resolve_model_path
 from cellcut.normalize import fit_normalization
-from cellcut.outputs import OutputSet, split_location, workspace_folder
+from cellcut.outputs import OutputSet, check_writable, split_location, workspace_folder
 from cellcut.postprocess import sigma_voxels
 from cellcut.runtime import release_free_memory, resolve_device
-from cellcut.segmentation.labelling import Labelling, instance_halo, label_blocks
+from cellcut.segmentation.labelling import (
+    Labelling,
+    instance_halo,
+    label_blocks,
+    resolve_spot_sigma,
+)
 from cellcut.segmentation.predict import (
     Progress,
     crf_probability,
@@ -138,7 +143,11 @@ def segment(
         ``voxel_size=(5, 2, 2)``, ``instances="watershed"``, ``window=64``, ``overlap=0.25``,
         ``block=256``, ``halo``, ``batch_size``, ``device``, ``channel``, ``time``,
         ``spot_sigma`` (``"auto"``: measured once for the whole volume and written to the
-        summary), ``outline_sigma``, ``min_distance``, ``min_volume``, ``max_volume``.
+        summary), ``outline_sigma``, ``min_distance``, ``min_volume``, ``max_volume``,
+        ``cluster`` (``"local:N"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``: the
+        block work runs on dask workers, :mod:`~cellcut.segmentation.cluster`; the labels
+        equal one process's) and ``scratch`` (intermediate arrays; on a cluster a folder every
+        worker reaches).
     stats, probability_out, overview
         Optional outputs: per-cell CSV (a ``.summary.json`` is written beside it), the
         foreground probability volume, and an overview PNG.
@@ -149,10 +158,27 @@ def segment(
     progress
         Called as ``progress(stage, blocks_done, blocks_total)``.
     """
+    client = settings.pop("cluster") if _is_client(settings.get("cluster")) else None
     opts = segment_options(options, **settings)
     outputs = _output_set(image, out, probability_out, stats, overview, overwrite)
     outputs.check()
+    if opts.scratch is not None:
+        check_writable(Path(opts.scratch), "scratch folder", inside=True)
     vol = _open(image, opts)
+    with _connected(client or opts.cluster) as client:  # before the work: a cluster may be away
+        return _segment_volume(image, vol, model, opts, outputs, client, keep_in_memory, progress)
+
+
+def _segment_volume(
+    image: Any,
+    vol: Volume,
+    model: Any,
+    opts: SegmentOptions,
+    outputs: OutputSet,
+    client: Any,
+    keep_in_memory: bool | None,
+    progress: Progress | None,
+) -> SegmentResult:
     voxel_size = opts.voxel_size or vol.voxel_size
     device = resolve_device(opts.device)
     loaded = resolve_model(model, device)
@@ -172,20 +198,28 @@ def segment(
     release_free_memory()
     nbytes = int(np.prod(vol.shape)) * 4
     in_memory = keep_in_memory if keep_in_memory is not None else nbytes < WORK_IN_MEMORY_BYTES
+    in_memory = in_memory and client is None  # workers share the arrays through files
     block = opts.triple("block")
-    with outputs, zarr_block_io(), _workspace(vol.shape, block, in_memory) as new_array:
+    with (
+        outputs,
+        zarr_block_io(),
+        _workspace(vol.shape, block, in_memory, opts.scratch) as work,
+    ):
+        run = _cluster_run(client, image, vol, model, loaded, opts, work)
         prob, interior = _predict(
-            vol.data, loaded, new_array, opts, device, norm, blur_voxels, voxel_size, progress
+            vol.data, loaded, work, opts, device, norm, blur_voxels, voxel_size, progress, run
         )
         release_free_memory()
         if opts.instances == "none":
-            labels = new_array("mask", np.uint8)
+            labels = work.new("mask", np.uint8)
             for core in tiles(vol.shape, block):
                 labels[core] = (np.asarray(prob[core]) > 0.5).astype(np.uint8)
             labelling, rows, summary = Labelling(0), [], {}
         else:
-            labels = new_array("labels", np.int32)
-            labelling = _label(prob, labels, opts, voxel_size, fingerprint, progress, interior)
+            labels = work.new("labels", np.int32)
+            labelling = _label(
+                prob, labels, opts, voxel_size, fingerprint, progress, interior, run, work
+            )
             rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
             summary.update(_labelling_summary(opts, labelling))
             summary["fingerprint"] = fingerprint.to_dict()
@@ -199,6 +233,44 @@ def segment(
         if in_memory or nbytes < RETURN_ARRAYS_BYTES:
             result.labels, result.probability = np.asarray(labels[...]), np.asarray(prob[...])
         return result
+
+
+def _is_client(value: Any) -> bool:
+    return value is not None and not isinstance(value, str) and hasattr(value, "submit")
+
+
+@contextlib.contextmanager
+def _connected(cluster: Any) -> Iterator[Any]:
+    """A dask client for ``cluster`` (:func:`cellcut.segmentation.cluster.connect`), or None."""
+    if cluster is None:
+        yield None
+        return
+    from cellcut.segmentation.cluster import connect
+
+    with connect(cluster) as client:
+        yield client
+
+
+def _cluster_run(
+    client: Any,
+    image: Any,
+    vol: Volume,
+    model: Any,
+    loaded: LoadedModel,
+    opts: SegmentOptions,
+    work: _Workspace,
+) -> Any:
+    """None without a cluster; else the block work handed to its workers (the input and the
+    model: a file by its path, anything else copied there)."""
+    if client is None:
+        return None
+    from cellcut.segmentation.cluster import ClusterRun
+
+    model_path = None if isinstance(model, LoadedModel) else resolve_model_path(model or "default")
+    return ClusterRun.start(
+        client, image, vol.data, model_path, loaded, work.folder, opts.channel, opts.time,
+        opts.triple("block"),
+    )  # fmt: skip
 
 
 def _open(image: str | os.PathLike | np.ndarray | Volume, opts: SegmentOptions) -> Volume:
@@ -220,25 +292,44 @@ def _open(image: str | os.PathLike | np.ndarray | Volume, opts: SegmentOptions) 
     return Volume(arr, None, "array")
 
 
-@contextlib.contextmanager
-def _workspace(shape: Sequence[int], block: Sequence[int], in_memory: bool) -> Iterator[Any]:
-    """Makes zero-filled intermediate arrays: in memory, or chunked zarr in a temporary folder
-    removed afterwards."""
-    folder = workspace_folder("cellcut-segment")
+class _Workspace:
+    """Zero-filled intermediate arrays: in memory, or chunked zarr (one chunk per block) in a
+    folder removed afterwards."""
 
-    def new_array(name: str, dtype: Any) -> Any:
-        if in_memory:
-            return np.zeros(shape, dtype=dtype)
+    def __init__(self, shape: Sequence[int], block: Sequence[int], folder: Path, in_memory: bool):
+        self.shape, self.block, self.folder, self.in_memory = shape, block, folder, in_memory
+        self.final = "probability"  # the probability the instances come from (after the CRF)
+
+    def path(self, name: str) -> str:
+        return str(self.folder / f"{name}.zarr")
+
+    def new(self, name: str, dtype: Any) -> Any:
+        if self.in_memory:
+            return np.zeros(self.shape, dtype=dtype)
         return import_zarr().create_array(
-            str(folder / f"{name}.zarr"),
-            shape=tuple(shape),
+            self.path(name),
+            shape=tuple(self.shape),
             dtype=dtype,
-            chunks=tuple(min(c, s) for c, s in zip(block, shape, strict=True)),
+            chunks=tuple(min(c, s) for c, s in zip(self.block, self.shape, strict=True)),
             fill_value=0,
         )
 
+
+@contextlib.contextmanager
+def _workspace(
+    shape: Sequence[int], block: Sequence[int], in_memory: bool, scratch: str | None = None
+) -> Iterator[_Workspace]:
+    """The run's intermediate arrays, in a new folder of ``scratch`` (default: the system's
+    temporary folder), removed afterwards."""
+    if scratch is None:
+        folder = workspace_folder("cellcut-segment")
+    else:
+        import tempfile
+
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="cellcut-segment-", dir=scratch))
     try:
-        yield new_array
+        yield _Workspace(shape, block, folder, in_memory)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -251,6 +342,8 @@ def _label(
     fingerprint: Fingerprint,
     progress: Progress | None,
     interior: Any | None = None,
+    run: Any | None = None,
+    work: _Workspace | None = None,
 ) -> Labelling:
     halo = opts.triple("halo") or instance_halo(opts.triple("window"), voxel_size)
     options = opts.instance_options()
@@ -260,17 +353,19 @@ def _label(
         options["min_distance"] = fingerprint.seed_distance()
     if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
         options["object_radius"] = fingerprint.object_radius
-    labelling = label_blocks(
-        prob,
-        labels,
-        method=opts.instances,
-        voxel_size=voxel_size,
-        block=opts.triple("block"),
-        halo=halo,
-        progress=progress,
-        interior=interior,
-        **options,
-    )
+    settings = {"method": opts.instances, "voxel_size": voxel_size, "block": opts.triple("block")}
+    if run is None:
+        labelling = label_blocks(
+            prob, labels, halo=halo, progress=progress, interior=interior, **settings, **options
+        )
+    else:  # the same, on the cluster's workers
+        labelling = Labelling(0)
+        options = resolve_spot_sigma(prob, opts.instances, voxel_size, interior, options, labelling)
+        labelling.n_objects, labelling.chosen = run.label(
+            prob.shape, work.path(work.final), None if interior is None else
+            work.path("interior"), work.path("labels"), halo=halo, progress=progress,
+            options=options, **settings,
+        )  # fmt: skip
     labelling.min_volume = float(options["min_volume"])
     labelling.min_distance = float(options["min_distance"])
     release_free_memory()
@@ -289,31 +384,47 @@ def _check_instances(opts: SegmentOptions, loaded: LoadedModel) -> None:
 def _predict(
     data: Any,
     loaded: LoadedModel,
-    new_array: Any,
+    work: _Workspace,
     opts: SegmentOptions,
     device: Any,
     norm: Any,
     blur: Sequence[float] | None,
     voxel_size: Sequence[float] | None,
     progress: Progress | None,
+    run: Any | None = None,
 ) -> tuple[Any, Any]:
     """The foreground probability (after the dense CRF when ``opts.crf``; the CRF writes a new
-    array, since it reads the old one's halos meanwhile), and a refined model's interior."""
+    array, since it reads the old one's halos meanwhile), and a refined model's interior; on
+    the cluster's workers when ``run``."""
     block = opts.triple("block")
-    prob = new_array("probability", np.float32)
-    interior = new_array("interior", np.float32) if loaded.kind == "refined" else None
-    predict_probability(
-        data, loaded, prob, window=opts.triple("window"), overlap=opts.overlap, block=block,
-        batch_size=opts.batch_size, device=device, normalization=norm, denoise=blur,
-        progress=progress, interior_out=interior,
-    )  # fmt: skip
-    if opts.crf:
-        smoothed = new_array("probability-crf", np.float32)
-        crf_probability(
-            data, prob, smoothed, voxel_size=voxel_size, block=block, normalization=norm,
-            denoise=blur, progress=progress,
+    prob = work.new("probability", np.float32)
+    interior = work.new("interior", np.float32) if loaded.kind == "refined" else None
+    common = {"block": block, "normalization": norm, "denoise": blur, "progress": progress}
+    window = opts.triple("window")
+    if run is None:
+        predict_probability(
+            data, loaded, prob, window=window, overlap=opts.overlap, batch_size=opts.batch_size,
+            device=device, interior_out=interior, **common,
         )  # fmt: skip
+    else:
+        paths = {"probability": work.path("probability"), "interior": work.path("interior")}
+        run.predict(
+            data.shape, paths, window=window, overlap=opts.overlap, batch_size=opts.batch_size,
+            device=opts.device, **common,
+        )  # fmt: skip
+    final = "probability"
+    if opts.crf:
+        final = "probability-crf"
+        smoothed = work.new(final, np.float32)
+        if run is None:
+            crf_probability(data, prob, smoothed, voxel_size=voxel_size, **common)
+        else:
+            run.crf(
+                data.shape, work.path("probability"), work.path(final), voxel_size=voxel_size,
+                **common,
+            )  # fmt: skip
         prob = smoothed
+    work.final = final
     return prob, interior
 
 
