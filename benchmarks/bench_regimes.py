@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -123,7 +124,10 @@ def cellcut_side(
         )
         use = str(run.checkpoint)
         info = {"steps": run.step, "diagnoses": [d.kind for d in run.diagnoses]}
-    result = segment(image, None, model=use, voxel_size=voxel_size, device=device)
+    precision = os.environ.get("CELLCUT_BENCH_PRECISION", "float32")
+    result = segment(
+        image, None, model=use, voxel_size=voxel_size, device=device, precision=precision
+    )
     chosen = result.summary.get("instances_chosen")
     return {**score(truth, result.labels), **info, **({"chosen": chosen} if chosen else {})}
 
@@ -162,7 +166,9 @@ def main() -> None:
     ap.add_argument("--artifacts", action="store_true", help="also each regime with artifacts")
     ap.add_argument("--device", default="cpu", help="where cellcut trains and segments")
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
+    ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     args = ap.parse_args()
+    os.environ["CELLCUT_BENCH_PRECISION"] = args.precision  # read where cases segment
 
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -68,6 +69,7 @@ _SEGMENT_FLAGS = {
     "device": ("--device", {}),
     "channel": ("--channel", {"type": int}),
     "time": ("--time", {"type": int}),
+    "precision": ("--precision", {"choices": ("float32", "bfloat16")}),
     "cluster": ("--cluster", {"metavar": "local:N|tcp://HOST:PORT"}),
     "scratch": ("--scratch", {"metavar": "FOLDER"}),
 }
@@ -342,6 +344,8 @@ def _train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         overrides=overrides or None,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # torchrun: rank 0 reports the run
     last = run.history[-1] if run.history else {}
     print(f"stopped after {run.step} steps ({run.stopped_by})")
     if last:

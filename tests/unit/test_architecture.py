@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"training", "segmentation"},
     {"refinement"},
     {"cli", "napari_plugin", "__init__"},
+    {"__main__"},
 ]
 LAYER_OF = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 LONGEST_FUNCTION = 100

@@ -59,6 +59,7 @@ class Checkpoint:
     val_images: list[str] = field(default_factory=list)
     val_labels: list[str] = field(default_factory=list)
     final: bool = False
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # torchrun: each rank's RNGs
 
     TRAINING_STATE = (
         "optimizer",
@@ -70,6 +71,7 @@ class Checkpoint:
         "val_images",
         "val_labels",
         "final",
+        "ranks",
     )
 
     @classmethod

@@ -404,13 +404,13 @@ def _predict(
     if run is None:
         predict_probability(
             data, loaded, prob, window=window, overlap=opts.overlap, batch_size=opts.batch_size,
-            device=device, interior_out=interior, **common,
+            device=device, interior_out=interior, precision=opts.precision, **common,
         )  # fmt: skip
     else:
         paths = {"probability": work.path("probability"), "interior": work.path("interior")}
         run.predict(
             data.shape, paths, window=window, overlap=opts.overlap, batch_size=opts.batch_size,
-            device=opts.device, **common,
+            device=opts.device, precision=opts.precision, **common,
         )  # fmt: skip
     final = "probability"
     if opts.crf:

@@ -94,6 +94,7 @@ def predict_probability(
     denoise: Sequence[float] | None = None,
     progress: Progress | None = None,
     interior_out: Any | None = None,
+    precision: str = "float32",
 ) -> None:
     """Foreground probability of ``volume`` written into ``out`` (same shape, float32).
 
@@ -108,7 +109,7 @@ def predict_probability(
     grid = blocks(shape, block, prediction_halo(window, shape))
     if model.kind == "refined" and interior_out is None:
         raise ValueError("a refined model's interior needs interior_out")
-    predictor = BlockPredictor(model)
+    predictor = BlockPredictor(model, precision)
     for i, blk in enumerate(grid):
         prob = predict_block(
             volume, blk, predictor, window=window, overlap=overlap, batch_size=batch_size,
@@ -130,7 +131,8 @@ class BlockPredictor:
     """A model as a function of a batch of windows: foreground probability (and a refined
     model's interior), one channel each."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, precision: str = "float32") -> None:
+        self.bfloat16 = precision == "bfloat16"
         self.net = model.model.eval()
         self.scale = model.input_scale
         self.foreground = list(model.foreground_classes)
@@ -138,7 +140,8 @@ class BlockPredictor:
         self.channels = 2 if self.refined else 1
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        probs = self.net.encode(batch / self.scale)
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=self.bfloat16):
+            probs = self.net.encode(batch / self.scale).float()
         if self.refined:  # foreground (boundary + interior), interior
             return torch.stack([probs[:, 1] + probs[:, 2], probs[:, 2]], dim=1)
         return foreground_probability(probs, self.foreground)

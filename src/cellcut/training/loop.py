@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+import cellcut.training.parallel as parallel
 from cellcut.config import TrainConfig
 from cellcut.losses import WNetLossOutput
 from cellcut.model import CHECKPOINT_NAME, Checkpoint
@@ -99,26 +100,29 @@ def train(
     if from_pretrained is not None and restored is None:
         cfg, followed = follow_checkpoint(cfg, from_pretrained)
         notes += [Diagnosis("architecture-from-checkpoint", 0, followed)] if followed else []
-    session = open_session(cfg, run_dir, sources, from_pretrained, restored)
-    create_run_dir(run_dir)
-    session.cfg.save(run_dir / "config.yaml")
-    session.notes[:0] = notes
-    t = Trainer(session, callbacks)
+    with parallel.group(cfg.device):  # torchrun: one process group for the run (parallel.py)
+        session = open_session(cfg, run_dir, sources, from_pretrained, restored)
+        if parallel.is_main():
+            create_run_dir(run_dir)
+            session.cfg.save(run_dir / "config.yaml")
+        parallel.barrier()
+        session.notes[:0] = notes
+        t = Trainer(session, callbacks)
 
-    t.begin()
-    while not t.stop_reason():
-        lr = t.scheduled_lr()
-        losses, grad_norm = t.forward_backward(lr)
-        explosion = t.check_explosion(losses, grad_norm, lr)
-        if explosion is not None:
-            t.roll_back(explosion)
-            continue
-        t.optimizer_step(losses)
-        if t.run.step % cfg.log.every == 0:
-            t.log_and_validate(losses, lr)
-        if t.run.step % cfg.log.checkpoint_every == 0:
-            t.save_checkpoint()
-    return t.finish()
+        t.begin()
+        while not t.stop_reason():
+            lr = t.scheduled_lr()
+            losses, grad_norm = t.forward_backward(lr)
+            explosion = t.check_explosion(losses, grad_norm, lr)
+            if explosion is not None:
+                t.roll_back(explosion)
+                continue
+            t.optimizer_step(losses)
+            if t.run.step % cfg.log.every == 0:
+                t.log_and_validate(losses, lr)
+            if t.run.step % cfg.log.checkpoint_every == 0:
+                t.save_checkpoint()
+        return t.finish()
 
 
 def learning_rate(
@@ -165,7 +169,8 @@ class Trainer:
         self.run = session.run
         self.cfg = session.cfg
         self.callbacks = list(callbacks)
-        self.log = MetricsLog(self.run.run_dir, self.cfg, resume=session.resumed)
+        self.main = parallel.is_main()  # under torchrun only rank 0 writes the run folder
+        self.log = MetricsLog(self.run.run_dir, self.cfg, session.resumed, enabled=self.main)
         stop = self.cfg.stop
         limits = [x for x in (stop.steps, stop.epochs and stop.epochs * stop.steps_per_epoch) if x]
         self.total_steps = min(limits) if limits else None
@@ -178,7 +183,8 @@ class Trainer:
 
     # -- the loop's steps ------------------------------------------------------------------
     def begin(self) -> None:
-        self.bar = _progress_bar(self.cfg, self.run.step, self.total_steps)
+        if self.main:
+            self.bar = _progress_bar(self.cfg, self.run.step, self.total_steps)
         self.t_start = time.perf_counter()
         for cb in self.callbacks:
             cb.on_start(self.run)
@@ -203,6 +209,7 @@ class Trainer:
                 self.run.stopped_by = "stop requested"
             elif stop.early_stop_on_plateau and PLATEAU in self.session.monitor.said:
                 self.run.stopped_by = "N-cut plateau"
+        self.run.stopped_by = parallel.from_main(self.run.stopped_by)  # every rank stops at once
         return self.run.stopped_by
 
     def scheduled_lr(self) -> float:
@@ -220,7 +227,7 @@ class Trainer:
         target = target.to(s.device)
         self.net_in = target / s.input_scale  # what the reconstruction is compared with
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = s.model(seen.to(s.device) / s.input_scale)
+            out = s.trained(seen.to(s.device) / s.input_scale)
         probs = out.probs.float()
         losses = s.loss_fn(probs, out.reconstruction.float(), target, self.net_in)
         with torch.no_grad():
@@ -230,6 +237,12 @@ class Trainer:
         losses.total.backward()
         clip = self.cfg.optimizer.grad_clip or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip))
+        if parallel.active():  # the ranks' mean, so that every rank decides alike
+            losses, self.class_share = _mean_over_ranks(losses, self.class_share, s.device)
+            term = s.intensity_term  # its centres moved with this rank's batch: share them
+            if term is not None:
+                shared = parallel.mean(term.centres.tolist(), s.device)
+                term.centres.copy_(torch.tensor(shared, dtype=term.centres.dtype))
         return losses, grad_norm
 
     def check_explosion(
@@ -269,7 +282,8 @@ class Trainer:
         run looks collapsed)."""
         s, run = self.session, self.run
         rec = float(losses.reconstruction)
-        baseline = max(rec_baseline(self.cfg.loss.reconstruction, self.net_in), 1e-12)
+        baseline = rec_baseline(self.cfg.loss.reconstruction, self.net_in)
+        baseline = max(parallel.mean([baseline], s.device)[0], 1e-12)
         record: dict[str, Any] = {
             "step": run.step,
             "epoch": run.step / self.cfg.stop.steps_per_epoch,
@@ -295,9 +309,12 @@ class Trainer:
 
     def save_checkpoint(self, final: bool = False) -> Path:
         self.run.foreground_classes = self._decide_foreground()
-        path = self._checkpoint(final).save(self.run.checkpoint)
-        for cb in self.callbacks:
-            cb.on_checkpoint(path)
+        ranks = parallel.gather({"sampler_rng": self.session.sampler.state(), "rng": rng_states()})
+        path = self.run.checkpoint
+        if self.main:
+            path = self._checkpoint(final, ranks if parallel.active() else []).save(path)
+            for cb in self.callbacks:
+                cb.on_checkpoint(path)
         return path
 
     def finish(self) -> TrainingRun:
@@ -308,9 +325,11 @@ class Trainer:
         self.session.model.eval()
         self.log.plot(self.run.history)
         self.log.close()
-        if self.cfg.log.plots:
-            self._preview()
-        mark_finished(self.run.run_dir)
+        if self.main:
+            if self.cfg.log.plots:
+                self._preview()
+            mark_finished(self.run.run_dir)
+        parallel.barrier()
         for cb in self.callbacks:
             cb.on_end(self.run)
         return self.run
@@ -325,7 +344,7 @@ class Trainer:
         self.log.note(d)
         for cb in self.callbacks:
             cb.on_diagnosis(d)
-        if self.cfg.log.progress:
+        if self.cfg.log.progress and self.main:
             _print_line(d.message)
 
     def _decide_foreground(self) -> list[int]:
@@ -338,7 +357,7 @@ class Trainer:
         s.model.train(was_training)
         return choose_foreground_classes(probs.float().cpu(), s.reference_patches)
 
-    def _checkpoint(self, final: bool) -> Checkpoint:
+    def _checkpoint(self, final: bool, ranks: list[dict[str, Any]]) -> Checkpoint:
         s, run = self.session, self.run
         term = s.intensity_term
         return Checkpoint(
@@ -361,6 +380,7 @@ class Trainer:
             said=sorted(s.monitor.said),
             grad_norms=s.monitor.grad_norms[-100:],
             final=final,
+            ranks=ranks,
             **s.sources.record(),
         )
 
@@ -378,6 +398,20 @@ class Trainer:
             self.run.foreground_classes,
             self.run.run_dir / "preview.png",
         )
+
+
+def _mean_over_ranks(
+    losses: WNetLossOutput, class_share: float | None, device: torch.device
+) -> tuple[WNetLossOutput, float | None]:
+    """The logged loss terms and the class share, averaged over the torchrun ranks (after the
+    backward pass: the totals are for reading only)."""
+    terms = [losses.total, losses.ncut, losses.reconstruction, losses.intensity]
+    values = [0.0 if v is None else float(v) for v in terms] + [class_share or 0.0]
+    mean = parallel.mean(values, device)
+    as_tensor = [torch.tensor(v) for v in mean[:4]]
+    intensity = None if losses.intensity is None else as_tensor[3]
+    share = None if class_share is None else mean[4]
+    return WNetLossOutput(as_tensor[0], as_tensor[1], as_tensor[2], intensity), share
 
 
 def _progress_bar(cfg: TrainConfig, start: int, total: int | None):

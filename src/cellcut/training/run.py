@@ -179,17 +179,22 @@ class MetricsLog:
     """metrics.csv (always), diagnostics.txt, TensorBoard (when asked and installed),
     losses.png."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    def __init__(
+        self, run_dir: Path, config: TrainConfig, resume: bool, enabled: bool = True
+    ) -> None:
         self.path = run_dir / "metrics.csv"
         self.diagnostics = run_dir / "diagnostics.txt"
         self.run_dir = run_dir
         self.plots = config.log.plots
+        self.enabled = enabled  # False on the other ranks of a torchrun run: rank 0 writes
+        self.tb = None
+        if not enabled:
+            return
         if not resume or not self.path.exists():
             with open(self.path, "w", newline="") as f:
                 csv.DictWriter(f, METRIC_FIELDS).writeheader()
         if not resume:
             self.diagnostics.unlink(missing_ok=True)
-        self.tb = None
         if config.log.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -199,6 +204,8 @@ class MetricsLog:
                 self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, METRIC_FIELDS).writerow(
                 {k: ("" if record.get(k) is None else record[k]) for k in METRIC_FIELDS}
@@ -209,11 +216,13 @@ class MetricsLog:
                     self.tb.add_scalar(k, v, int(record["step"]))
 
     def note(self, diagnosis: Diagnosis) -> None:
+        if not self.enabled:
+            return
         with open(self.diagnostics, "a") as f:
             f.write(diagnosis.message + "\n")
 
     def plot(self, history: list[dict[str, Any]]) -> None:
-        if self.plots and history:
+        if self.enabled and self.plots and history:
             from cellcut.figures import plot_losses
 
             plot_losses(history, self.run_dir / "losses.png")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import cellcut.training.parallel as parallel
 from cellcut.config import TrainConfig, apply_overrides, build_config
 from cellcut.errors import CheckpointError, ConfigError
 from cellcut.losses import ReconstructionLoss, SoftNCutLoss, WNetLoss
@@ -82,6 +83,12 @@ class Session:
     lr_scale: float = 1.0
     elapsed_before: float = 0.0  # seconds spent by the run before a resume
     notes: list[Diagnosis] = field(default_factory=list)  # said when the loop begins
+    ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+
+    @property
+    def trained(self) -> torch.nn.Module:
+        """What the training step calls: the DDP wrapper under torchrun, else the model."""
+        return self.ddp if self.ddp is not None else self.model
 
 
 def resolve_config(
@@ -182,9 +189,9 @@ def open_session(
     restored: Checkpoint | None,
 ) -> Session:
     """Set a run up, or restore it from ``restored``; see the module docstring."""
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed + parallel.rank())  # torchrun: each rank its own patches
+    random.seed(cfg.seed + parallel.rank())
+    device = parallel.device_of_rank(resolve_device(cfg.device))
     volumes = load_volumes(sources.images, cfg.data)
     sample = _intensity_sample(volumes)  # for σ_I and the class centres
     suggested = suggest_intensity_sigma(sample.reshape(1, 1, -1), "none").intensity_sigma
@@ -204,7 +211,11 @@ def open_session(
         model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
     )
     sampler = PatchSampler(
-        volumes, cfg.data.patch_size, cfg.augment, cfg.data.foreground_bias, seed=cfg.seed
+        volumes,
+        cfg.data.patch_size,
+        cfg.augment,
+        cfg.data.foreground_bias,
+        seed=cfg.seed + parallel.rank(),
     )
     val_batch = validation_patches(volumes, cfg.data.patch_size, cfg.data.val_patches)
     session = Session(
@@ -241,6 +252,7 @@ def open_session(
     session.loss_fn = _loss(cfg, sigma_i, volumes, session.intensity_term)
     if restored is not None:
         _restore(session, restored)
+    session.ddp = parallel.wrap(model, device)
     return session
 
 
@@ -418,8 +430,9 @@ def _restore(session: Session, ckpt: Checkpoint) -> None:
     """Put a resumed run's state back: optimizer, random states, history, monitor, clocks."""
     session.resumed = True
     session.optimizer.load_state_dict(ckpt.optimizer)
-    session.sampler.set_state(ckpt.sampler_rng)
-    set_rng_states(ckpt.rng)
+    own = ckpt.ranks[parallel.rank()] if parallel.rank() < len(ckpt.ranks) else None
+    session.sampler.set_state(own["sampler_rng"] if own else ckpt.sampler_rng)
+    set_rng_states(own["rng"] if own else ckpt.rng)
     run, monitor = session.run, session.monitor
     run.step = int(ckpt.step)
     run.history = list(ckpt.history)
