@@ -143,10 +143,16 @@ def main() -> None:
             zarr.open_array(str(folder / name.replace(" ", "-") / "labels.zarr"))[...]
         )
         r["identical"] = bool(np.array_equal(labels, reference))
+        r["voxels_differing"] = int(np.count_nonzero(labels != reference))
+        pairs = np.unique(np.stack([labels.ravel(), reference.ravel()]), axis=1)
+        r["same_partition"] = len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+        waves = sum(r["stages_s"].get(k, 0.0) for k in ("probability", "instances", "merge"))
+        r["client_s"] = r.get("segment_s", r["total_s"]) - waves
         r["voxels_per_s"] = voxels / r["total_s"]
         rows.append([
             name, r["total_s"], r["stages_s"].get("probability"), r["stages_s"].get("instances"),
-            r["stages_s"].get("merge"), r["voxels_per_s"], r["cells"], r["identical"],
+            r["stages_s"].get("merge"), r["client_s"], r["voxels_per_s"], r["cells"],
+            r["identical"], r["voxels_differing"],
             r["peak_rss_mb"], max(r.get("worker_peak_rss_mb", [0])) or None,
         ])  # fmt: skip
     two = results["2 workers"]
@@ -161,15 +167,19 @@ def main() -> None:
         "hours_on": {
             n: args.brain_voxels / block_voxels * per_block / n / 3600 for n in (1, 16, 64, 256)
         },
+        # what the client does alone (fingerprint, normalization, statistics, writing) grows
+        # with the volume too: scaled from this run
+        "client_hours": two["client_s"] * args.brain_voxels / voxels / 3600,
     }
     print(harness.table(rows, ["run", "total s", "probability s", "instances s", "merge s",
-                               "voxels/s", "cells", "identical", "peak RSS MB (client)",
-                               "worker peak RSS MB"]))  # fmt: skip
+                               "rest s", "voxels/s", "cells", "identical", "voxels differing",
+                               "peak RSS MB (client)", "worker peak RSS MB"]))  # fmt: skip
     print(
         f"per block of {args.block}³ on one 1-thread worker: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in two["block_s"].items())
         + f"; a {args.brain_voxels:.0e}-voxel brain: "
         + ", ".join(f"{v:.1f} h on {n}" for n, v in estimate["hours_on"].items())
+        + f", plus {estimate['client_hours']:.1f} h of the client's own work"
     )
     payload = {
         "size": args.size,

@@ -30,13 +30,15 @@ import harness
 
 
 def run_case(argv: list[str]) -> None:
-    image, out, block, model = argv[0], argv[1], int(argv[2]), argv[3]
+    image, out, block, model, labels_name = argv[0], argv[1], int(argv[2]), argv[3], argv[4]
+    cluster = argv[5] if len(argv) > 5 and argv[5] != "-" else None
     import torch
 
     from cellcut.segmentation import segment
 
     torch.set_num_threads(harness.THREADS)
     stages: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     t0 = time.perf_counter()
     last = {"stage": None, "t": t0}
 
@@ -46,11 +48,14 @@ def run_case(argv: list[str]) -> None:
             last["stage"], last["t"] = stage, now
         if done == total:
             stages[stage] = now - last["t"]
+            peaks[stage] = harness.peak_rss_bytes() / 2**20  # the peak so far, at its end
 
+    extra = {"cluster": cluster} if cluster else {}
     result = segment(
         image,
-        Path(out) / "labels.zarr",
+        Path(out) / labels_name,
         model=model,
+        **extra,
         block=block,
         stats=Path(out) / "cells.csv",
         overview=Path(out) / "overview.png",
@@ -65,6 +70,7 @@ def run_case(argv: list[str]) -> None:
             "stages_s": stages,
             "cells": result.n_cells,
             "peak_rss_mb": harness.peak_rss_bytes() / 2**20,
+            "peak_rss_mb_after_stage": peaks,
         }
     )
 
@@ -74,6 +80,13 @@ def main() -> None:
     ap.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--block", type=int, default=256)
+    ap.add_argument(
+        "--format",
+        default="zarr",
+        choices=("zarr", "tif", "ome-zarr"),
+        help="the input's format; the labels are written in the same",
+    )
+    ap.add_argument("--cluster", default="-", help="segment's --cluster (local:N), default none")
     args = ap.parse_args()
     if args.case:
         return run_case(args.case)
@@ -123,25 +136,39 @@ def main() -> None:
             foreground_classes=[1],
             input_scale=100.0,
         ).save(model)
+    image, labels_name = folder / "image.zarr", "labels.zarr"
+    if args.format != "zarr":
+        from cellcut.io import write_volume
+
+        suffix = {"tif": ".tif", "ome-zarr": ".ome.zarr"}[args.format]
+        image = folder / f"image{suffix}"
+        write_volume(image, img, voxel_size=(1.0, 1.0, 1.0))  # chunk by chunk / page by page
+        labels_name = f"labels{suffix}"
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--case",
-        str(folder / "image.zarr"),
+        str(image),
         str(folder),
         str(args.block),
         model,
+        labels_name,
+        args.cluster,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=harness.case_env())
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise SystemExit(proc.stderr[-3000:])
     result = json.loads(line[-1][7:])
-    pred = zarr.open_array(str(folder / "labels.zarr"), mode="r")
+    from cellcut.io import read_volume
+
+    pred = read_volume(folder / labels_name, lazy=True).data
     ev = evaluate(np.asarray(truth[...]), np.asarray(pred[...]), thresholds=(0.5,))
     result.update(
         size=size,
         block=args.block,
+        format=args.format,
+        cluster=None if args.cluster == "-" else args.cluster,
         f1_50=ev.f1_50,
         dice=ev.dice,
         n_true=ev.n_true,
@@ -177,7 +204,9 @@ def main() -> None:
             ],
         )
     )
-    print(f"written: {harness.write_json('segment_large', result)}")
+    name = "segment_large" + ("" if args.format == "zarr" else f"_{args.format}")
+    name += "" if args.cluster == "-" else f"_{args.cluster.replace(':', '')}"
+    print(f"written: {harness.write_json(name, result)}")
 
 
 if __name__ == "__main__":

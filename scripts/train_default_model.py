@@ -5,7 +5,8 @@ Data: the real unlabelled volumes of ../shared/data (mesoSPIM crops, confocal ce
 cleared-brain cortex from cellfinder) and three synthetic volumes (the shipped recipe,
 configs/default_model.yaml), or with ``--regimes N`` N synthetic volumes drawn across imaging
 regimes (:func:`cellcut.synthetic.random_regime`, seeds from 1000: never the volumes or settings
-the regime suite scores; the candidate recipe configs/general_model.yaml). Runs on a CPU (the
+the regime suite scores; the candidate recipe configs/general_model.yaml), with
+``--keep-shipped`` as well as the shipped recipe's three. Runs on a CPU (the
 recipe's minutes on 2 cores); a GPU shortens it.
 Writes the run to runs/default-model, then the slim weights, checksum and model card into the
 package.
@@ -54,6 +55,11 @@ def main() -> None:
         type=int,
         default=0,
         help="synthetic volumes drawn across imaging regimes (0: the shipped model's three)",
+    )
+    ap.add_argument(
+        "--keep-shipped",
+        action="store_true",
+        help="with --regimes: keep the shipped recipe's three synthetic volumes as well",
     )
     ap.add_argument("--config", default=str(ROOT / "configs" / "default_model.yaml"))
     ap.add_argument(
@@ -104,7 +110,7 @@ def main() -> None:
                 f"{settings['photons']:.0f} photons",
             )
         )
-    fixed = [] if args.regimes else SHIPPED_SYNTHETIC
+    fixed = SHIPPED_SYNTHETIC if not args.regimes or args.keep_shipped else ()
     for seed, vs, radius in fixed:
         v = make_nuclei_volume(
             (64, 128, 128), seed=seed, voxel_size=vs, radius_um=radius, n_artifacts=2

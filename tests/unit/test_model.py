@@ -114,3 +114,18 @@ def test_training_step_changes_weights_and_is_deterministic():
     torch.manual_seed(0)
     fresh = torch.cat([p.detach().flatten() for p in WNet3D(base_width=4, depth=2).parameters()])
     assert not torch.equal(a, fresh)
+
+
+def test_bfloat16_autocast_reaches_the_convolutions():
+    """Under CPU autocast the oneDNN convolution steps aside, so that --precision bfloat16
+    computes in bfloat16 (it once ran float32 there, silently)."""
+    torch.manual_seed(0)
+    conv = Conv3d(2, 4, 3, padding=1)
+    x = torch.rand(1, 2, 8, 8, 8)
+    with torch.inference_mode():
+        plain = conv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = conv(x)
+    assert plain.dtype == torch.float32 and low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), plain, atol=0.05, rtol=0.05)
+    assert not torch.equal(low.float(), plain)

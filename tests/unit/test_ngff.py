@@ -148,3 +148,42 @@ def test_napari_reader_gives_pyramids_as_multiscale_layers(tmp_path):
         (40, 300, 260),
     ]
     assert meta["scale"] == (2.0, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_labels_of_an_ome_zarr_input_validate_against_the_ngff_schemas(
+    tmp_path, small_synthetic, zarr_format
+):
+    """An independent reader's check: ngff-zarr's bundled JSON schemas (image and label,
+    strict variants), and it opens image and labels as multiscales."""
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    pytest.importorskip("jsonschema")
+    from cellcut.segmentation import segment
+
+    zarr = import_zarr()
+    image = tmp_path / "img.ome.zarr"
+    root = zarr.open_group(str(image), mode="w", zarr_format=zarr_format)
+    root.create_array("0", shape=small_synthetic.image.shape, dtype="float32", chunks=(16, 32, 32))
+    root["0"][...] = small_synthetic.image
+    ms = {"axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+          "datasets": [{"path": "0", "coordinateTransformations": [
+              {"type": "scale", "scale": list(small_synthetic.voxel_size)}]}]}  # fmt: skip
+    version = "0.5" if zarr_format == 3 else "0.4"
+    if zarr_format == 3:
+        root.attrs["ome"] = {"version": version, "multiscales": [ms]}
+    else:
+        root.attrs["multiscales"] = [{"version": version, **ms}]
+    segment(image, image / "labels" / "cells", block=16)
+
+    def attrs(path):
+        group = zarr.open_group(str(path), mode="r")
+        return dict(group.attrs)
+
+    ngff_zarr.validate(attrs(image / "labels" / "cells"), version=version, model="label",
+                       strict=True)  # fmt: skip
+    ngff_zarr.validate(attrs(image), version=version, model="image")
+    labels = ngff_zarr.from_ngff_zarr(str(image / "labels" / "cells"), validate=True)
+    assert len(labels.images) >= 1
+    level0 = np.asarray(labels.images[0].data)
+    assert level0.shape == small_synthetic.image.shape and level0.max() > 0
+    assert list(labels.images[0].scale.values()) == pytest.approx(small_synthetic.voxel_size)

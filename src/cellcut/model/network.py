@@ -121,7 +121,7 @@ class _CPUConv3dFunction(torch.autograd.Function):
 
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that uses oneDNN kernels on the CPU for any batch size (same parameters,
-    same results; other devices and dtypes take the standard path)."""
+    same results; other devices and dtypes, and autocast, take the standard path)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if (
@@ -132,6 +132,7 @@ class Conv3d(nn.Conv3d):
             and tuple(self.stride) == (1, 1, 1)
             and tuple(self.dilation) == (1, 1, 1)
             and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled("cpu")  # bfloat16 autocast: the standard path
         ):
             return _CPUConv3dFunction.apply(x, self.weight, self.bias, list(self.padding))
         return super().forward(x)
