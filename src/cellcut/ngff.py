@@ -152,6 +152,29 @@ def _block_max(arr: Any) -> int:
     return max(int(np.asarray(arr[region]).max()) for region in tiles(arr.shape, arr.chunks))
 
 
+def _attrs(zarr: Any, path: Path) -> dict[str, Any]:
+    """A zarr group's attributes (NGFF 0.5 keeps them under ``ome``), or {} if none."""
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:  # not a zarr group
+        return {}
+    return {**attrs, **attrs.get("ome", {})}
+
+
+def is_label_image(zarr: Any, path: str | Path) -> bool:
+    """Whether ``path`` is an NGFF label image (a group with ``image-label`` metadata)."""
+    return Path(path).is_dir() and "image-label" in _attrs(zarr, Path(path))
+
+
+def label_names(zarr: Any, image: str | Path) -> list[str]:
+    """The label images an OME-Zarr image lists in ``labels/`` that exist."""
+    folder = Path(image) / "labels"
+    if not folder.is_dir():
+        return []
+    listed = _attrs(zarr, folder).get("labels", [])
+    return [n for n in listed if isinstance(n, str) and is_label_image(zarr, folder / n)]
+
+
 def sync_labels(zarr: Any, image: Path) -> list[str]:
     """Make ``image/labels``'s list name every label image in it (a finished group with
     ``image-label`` metadata; hidden temporaries are not), keeping the listed order."""
@@ -160,14 +183,11 @@ def sync_labels(zarr: Any, image: Path) -> list[str]:
     if not folder.is_dir():
         return []
     group = zarr.open_group(str(folder), mode="a", zarr_format=fmt)
-    present = []
-    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            attrs = dict(zarr.open_group(str(child), mode="r").attrs)
-        except Exception:  # not a zarr group
-            continue
-        if "image-label" in attrs or "image-label" in attrs.get("ome", {}):
-            present.append(child.name)
+    present = [
+        child.name
+        for child in sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        if is_label_image(zarr, child)
+    ]
     ome = dict(group.attrs.get("ome", {})) if fmt == 3 else {}
     listed = list(ome.get("labels", []) if fmt == 3 else group.attrs.get("labels", []))
     names = [n for n in listed if n in present] + [n for n in present if n not in listed]

@@ -219,3 +219,39 @@ def test_segment_widget_takes_a_multiscale_dask_layer(viewer, qtbot, errors):
     qtbot.waitUntil(lambda: seg.result is not None or bool(errors), timeout=120_000)
     assert not errors
     assert viewer.layers["pyramid cells"].data.shape == v.image.shape
+
+
+def test_ngff_label_images_open_as_labels_layers(tmp_path, small_synthetic):
+    """segment's labels written into an OME-Zarr image open as a Labels layer: from their own
+    path, and along with the image."""
+    from cellcut.io import write_volume
+    from cellcut.napari_plugin.io import get_reader
+    from cellcut.segmentation import segment
+
+    image = tmp_path / "img.ome.zarr"
+    write_volume(image, small_synthetic.image, voxel_size=small_synthetic.voxel_size)
+    result = segment(image, image / "labels" / "cells")
+    [(data, meta, kind)] = get_reader(str(image / "labels" / "cells"))(
+        str(image / "labels" / "cells")
+    )
+    assert kind == "labels" and meta["name"] == "cells"
+    level0 = data[0] if meta.get("multiscale") else data
+    assert np.array_equal(np.asarray(level0), result.labels)
+    assert meta["scale"] == pytest.approx(small_synthetic.voxel_size)
+    layers = get_reader(str(image))(str(image))
+    assert [(m["name"], k) for _, m, k in layers] == [
+        ("img.ome.zarr", "image"),
+        ("cells", "labels"),
+    ]
+
+
+def test_viewer_opens_segment_labels_as_a_labels_layer(viewer, tmp_path, small_synthetic):
+    import napari
+    from cellcut.io import write_volume
+    from cellcut.segmentation import segment
+
+    image = tmp_path / "img.ome.zarr"
+    write_volume(image, small_synthetic.image, voxel_size=small_synthetic.voxel_size)
+    segment(image, image / "labels" / "cells")
+    [layer] = viewer.open(str(image / "labels" / "cells"), plugin="cellcut")
+    assert isinstance(layer, napari.layers.Labels) and layer.name == "cells"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cellcut.errors import CellcutError
-from cellcut.io import detect_format, read_pyramid, read_volume
+from cellcut.io import detect_format, import_zarr, read_pyramid, read_volume
+from cellcut.ngff import is_label_image, label_names
 from cellcut.outputs import split_location
 
 LayerData = list[tuple[Any, dict, str]]
@@ -35,19 +37,33 @@ def get_reader(path: str | list[str]) -> Callable[[str], LayerData] | None:
 
 
 def read_layers(path: str) -> LayerData:
-    """One layer: an OME-Zarr pyramid as a multiscale layer (every level, read lazily),
-    anything else as its full-resolution volume."""
+    """An OME-Zarr pyramid as a multiscale layer (every level, read lazily), anything else as
+    its full-resolution volume. An NGFF label image (``IMAGE.ome.zarr/labels/NAME``) opens as
+    a Labels layer, and an OME-Zarr image brings its label images along as Labels layers."""
+    location = split_location(path)[0]
+    zarr = import_zarr() if detect_format(path) in ("zarr", "ome-zarr") else None
+    labelled = zarr is not None and is_label_image(zarr, location)
+    layers = [_layer(path, "labels" if labelled else None)]
+    if zarr is not None and not labelled:
+        for name in label_names(zarr, location):
+            layers.append(_layer(str(Path(location) / "labels" / name), "labels"))
+    return layers
+
+
+def _layer(path: str, kind: str | None) -> tuple[Any, dict[str, Any], str]:
     vol = read_volume(path, lazy=True, validate=False)
     name = os.path.basename(str(split_location(path)[0]).rstrip("/"))
     meta: dict[str, Any] = {"name": name}
     if vol.voxel_size:
         meta["scale"] = vol.voxel_size
-    kind = "labels" if vol.data.dtype.kind in "iu" and "label" in name.lower() else "image"
-    levels = read_pyramid(split_location(path)[0]) if path.lower().endswith(".ome.zarr") else None
+    if kind is None:
+        integer = vol.data.dtype.kind in "iu"
+        kind = "labels" if integer and "label" in name.lower() else "image"
+    levels = read_pyramid(split_location(path)[0]) if detect_format(path) == "ome-zarr" else None
     if levels and len(levels) > 1 and all(lv.ndim == 3 for lv in levels):
         meta["multiscale"] = True
-        return [(levels, meta, kind)]
-    return [(vol.data, meta, kind)]
+        return levels, meta, kind
+    return vol.data, meta, kind
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
