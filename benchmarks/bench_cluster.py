@@ -39,18 +39,9 @@ def run_case(argv: list[str]) -> None:
     from cellcut.segmentation import segment
 
     torch.set_num_threads(harness.THREADS)
-    stages: dict[str, float] = {}
+    clock = harness.StageClock()
     t0 = time.perf_counter()
-    last = {"stage": None, "t": t0}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if stage != last["stage"]:
-            last["stage"], last["t"] = stage, now
-        if done == total:
-            stages[stage] = now - last["t"]
-
-    settings = dict(block=block, voxel_size=(1.0, 1.0, 1.0), progress=progress)
+    settings = dict(block=block, voxel_size=(1.0, 1.0, 1.0), progress=clock)
     extra: dict = {}
     if not workers:
         result = segment(image, Path(out) / "labels.zarr", **settings)
@@ -82,7 +73,7 @@ def run_case(argv: list[str]) -> None:
     harness.emit(
         {
             "total_s": time.perf_counter() - t0,
-            "stages_s": stages,
+            "stages_s": clock.seconds,
             "cells": result.n_cells,
             "peak_rss_mb": harness.peak_rss_bytes() / 2**20,
             **extra,

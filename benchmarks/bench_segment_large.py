@@ -37,18 +37,8 @@ def run_case(argv: list[str]) -> None:
     from cellcut.segmentation import segment
 
     torch.set_num_threads(harness.THREADS)
-    stages: dict[str, float] = {}
-    peaks: dict[str, float] = {}
+    clock = harness.StageClock()
     t0 = time.perf_counter()
-    last = {"stage": None, "t": t0}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if stage != last["stage"]:
-            last["stage"], last["t"] = stage, now
-        if done == total:
-            stages[stage] = now - last["t"]
-            peaks[stage] = harness.peak_rss_bytes() / 2**20  # the peak so far, at its end
 
     extra = {"cluster": cluster} if cluster else {}
     result = segment(
@@ -60,17 +50,17 @@ def run_case(argv: list[str]) -> None:
         stats=Path(out) / "cells.csv",
         overview=Path(out) / "overview.png",
         voxel_size=(1.0, 1.0, 1.0),
-        progress=progress,
+        progress=clock,
         keep_in_memory=False,
     )
     total = time.perf_counter() - t0
     harness.emit(
         {
             "total_s": total,
-            "stages_s": stages,
+            "stages_s": clock.seconds,
             "cells": result.n_cells,
             "peak_rss_mb": harness.peak_rss_bytes() / 2**20,
-            "peak_rss_mb_after_stage": peaks,
+            "peak_rss_mb_after_stage": clock.peaks,
         }
     )
 

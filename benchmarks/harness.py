@@ -228,3 +228,22 @@ def _fmt(c: Any) -> str:
     if isinstance(c, float):
         return f"{c:.4g}"
     return "-" if c is None else str(c)
+
+
+class StageClock:
+    """A ``segment(progress=...)`` callback: each stage's wall time (from its first report to
+    its last block) and the peak RSS so far when it ends, MB."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self._stage: str | None = None
+        self._start = time.perf_counter()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if stage != self._stage:
+            self._stage, self._start = stage, now
+        if done == total:
+            self.seconds[stage] = now - self._start
+            self.peaks[stage] = peak_rss_bytes() / 2**20
