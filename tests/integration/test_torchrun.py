@@ -67,5 +67,5 @@ def test_two_ranks_resume_exactly(tmp_path, image):
     a, b = Checkpoint.load(tmp_path / "whole"), Checkpoint.load(tmp_path / "part")
     assert b.step == 6
     for name, value in a.model.items():
-        torch.testing.assert_close(b.model[name], value, rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(b.model[name], value), name  # to the bit
     assert [r["ncut"] for r in a.history] == pytest.approx([r["ncut"] for r in b.history])
