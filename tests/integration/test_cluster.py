@@ -192,3 +192,25 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the cluster" in err[0]
     assert not Path(tmp_path / "l.tif").exists()
+
+
+def test_workers_reopen_a_replaced_file_and_keep_few_open(tmp_path, client):
+    model = untrained_model(tmp_path / "m.pt")
+    settings = dict(model=model, block=16, window=16, denoise=0)
+    results = []
+    for seed in range(6):  # the same path rewritten, then other files
+        v = make_nuclei_volume((16, 32, 32 + seed), seed=seed, voxel_size=(1, 1, 1),
+                               radius_um=(3, 5))  # fmt: skip
+        path = tmp_path / ("img.tif" if seed < 2 else f"img{seed}.tif")
+        tifffile.imwrite(path, v.image)
+        two = segment(path, None, cluster=client, **settings)
+        one = segment(path, None, **settings)
+        results.append(np.array_equal(one.labels, two.labels))
+    assert all(results)  # the rewritten img.tif was read again, not served from the cache
+
+    def inputs_open():
+        from cellcut.segmentation import cluster
+
+        return sum(1 for key in cluster._OPENED if key[0] == "input")
+
+    assert max(client.run(inputs_open).values()) <= 4

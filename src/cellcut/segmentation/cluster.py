@@ -123,8 +123,8 @@ class ClusterRun:
     """The block work of one segmentation on a cluster; see the module."""
 
     client: Any
-    source: tuple[Any, ...]  # ("file", path, channel, time) or ("zarr", path): the workers open it
-    model: Any  # a model path (each worker loads it once) or a future of a scattered LoadedModel
+    source: tuple[Any, ...]  # ("file", path, channel, time, stamp) or ("zarr", path)
+    model: Any  # (path, stamp): each worker loads it once; or a future of a scattered LoadedModel
     foreground: list[int]
     scratch: Path
     run: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -145,9 +145,9 @@ class ClusterRun:
         """Hand the input and the model to the workers: a file by its path; anything else
         copied into the scratch folder as zarr."""
         if isinstance(image, (str, os.PathLike)):
-            source: tuple[Any, ...] = ("file", os.path.abspath(os.fspath(image)), channel, time)
-            if "://" in os.fspath(image):
-                source = ("file", os.fspath(image), channel, time)
+            text = os.fspath(image)
+            where = text if "://" in text else os.path.abspath(text)
+            source: tuple[Any, ...] = ("file", where, channel, time, _stamp(where))
         else:
             path = scratch / "input.zarr"
             copy = _create(path, volume.shape, volume.dtype, block)
@@ -155,7 +155,7 @@ class ClusterRun:
                 copy[core] = np.asarray(volume[core])
             source = ("zarr", str(path))
         if model_path is not None:
-            model: Any = str(model_path)
+            model: Any = (str(model_path), _stamp(model_path))
         else:
             loaded.model.to("cpu")
             model = client.scatter(loaded, broadcast=True, hash=False)
@@ -326,26 +326,51 @@ def _use_threads() -> None:
             torch.set_num_threads(int(wanted))
 
 
+KEEP_OPEN = {"input": 4, "model": 2}
+"""Inputs and models a worker keeps open (the most recent), so that a long batch on the same
+workers neither reopens every block's file nor holds every file it ever read."""
+
+
+def _stamp(path: str | os.PathLike) -> tuple[int, int] | None:
+    """A file's (or folder's) modification time and size: a file replaced between two runs
+    on the same workers is opened again."""
+    try:
+        info = os.stat(path)
+    except OSError:  # a URL
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+def _remember(kind: str, key: Any, value: Any) -> Any:
+    same_kind = [k for k in _OPENED if k[0] == kind]
+    for old in same_kind[: max(0, len(same_kind) - KEEP_OPEN[kind] + 1)]:
+        del _OPENED[old]
+    _OPENED[key] = value
+    return value
+
+
 def _input(source: tuple[Any, ...]) -> Any:
-    if source not in _OPENED:
-        if source[0] == "file":
-            _, path, channel, time = source
-            data = read_volume(path, channel=channel, time=time, lazy=True, validate=False).data
-        else:
-            data = import_zarr().open_array(source[1], mode="r")
-        _OPENED[source] = data
-    return _OPENED[source]
+    key = ("input", *source)
+    if key in _OPENED:
+        return _OPENED[key]
+    if source[0] == "file":
+        _, path, channel, time, _ = source
+        data = read_volume(path, channel=channel, time=time, lazy=True, validate=False).data
+    else:
+        data = import_zarr().open_array(source[1], mode="r")
+    return _remember("input", key, data)
 
 
 def _model(model: Any, foreground: list[int], device: str) -> LoadedModel:
     where = resolve_device(device)
-    if isinstance(model, str):
-        key = ("model", model, str(where))
-        if key not in _OPENED:
-            loaded = load_model(model, map_location="cpu")
+    if isinstance(model, tuple):  # (path, stamp)
+        key = ("model", model[0], model[1], str(where))
+        if key in _OPENED:
+            model = _OPENED[key]
+        else:
+            loaded = load_model(model[0], map_location="cpu")
             loaded.model.to(where)
-            _OPENED[key] = loaded
-        model = _OPENED[key]
+            model = _remember("model", key, loaded)
     else:
         model.model.to(where)
     return dataclasses.replace(model, foreground_classes=list(foreground))
