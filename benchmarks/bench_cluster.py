@@ -81,25 +81,6 @@ def run_case(argv: list[str]) -> None:
     )
 
 
-def _volume(folder: Path, size: int) -> None:
-    import numpy as np
-    import zarr
-
-    from cellcut.synthetic import make_nuclei_volume
-
-    img = zarr.create_array(
-        str(folder / "image.zarr"), shape=(size,) * 3, dtype="float32", chunks=(128, 128, 128)
-    )
-    tile = 128
-    for z in range(0, size, tile):
-        for y in range(0, size, tile):
-            for x in range(0, size, tile):
-                v = make_nuclei_volume(
-                    (tile,) * 3, seed=z * 7 + y * 3 + x, voxel_size=(1, 1, 1), radius_um=(3.0, 6.0)
-                )
-                img[z : z + tile, y : y + tile, x : x + tile] = v.image.astype(np.float32)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
@@ -113,7 +94,7 @@ def main() -> None:
     import zarr
 
     folder = Path(tempfile.mkdtemp(prefix="cellcut-cluster-"))
-    _volume(folder, args.size)
+    harness.tiled_nuclei(folder, args.size)
     results = {}
     for name, workers in (("one process", 0), ("1 worker", 1), ("2 workers", 2)):
         out = folder / name.replace(" ", "-")

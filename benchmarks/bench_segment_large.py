@@ -82,35 +82,14 @@ def main() -> None:
         return run_case(args.case)
 
     import numpy as np
-    import zarr
 
     from cellcut.metrics import evaluate
     from cellcut.model import WNet3D, resolve_model_path
-    from cellcut.synthetic import make_nuclei_volume
 
     folder = Path(tempfile.mkdtemp(prefix="cellcut-large-"))
     t0 = time.perf_counter()
     size = args.size
-    img = zarr.create_array(
-        str(folder / "image.zarr"), shape=(size,) * 3, dtype="float32", chunks=(128, 128, 128)
-    )
-    truth = zarr.create_array(
-        str(folder / "truth.zarr"), shape=(size,) * 3, dtype="int32", chunks=(128, 128, 128)
-    )
-    tile = 128
-    offset = 0
-    for z in range(0, size, tile):
-        for y in range(0, size, tile):
-            for x in range(0, size, tile):
-                v = make_nuclei_volume(
-                    (tile,) * 3, seed=z * 7 + y * 3 + x, voxel_size=(1, 1, 1), radius_um=(3.0, 6.0)
-                )
-                sl = (slice(z, z + tile), slice(y, y + tile), slice(x, x + tile))
-                img[sl] = v.image
-                lab = v.labels.astype(np.int64)
-                lab[lab > 0] += offset
-                offset = int(lab.max()) if lab.max() > 0 else offset
-                truth[sl] = lab.astype(np.int32)
+    img, truth = harness.tiled_nuclei(folder, size)
     print(f"generated {size}³ in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     try:
         model = str(resolve_model_path("default"))
