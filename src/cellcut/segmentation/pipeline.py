@@ -43,7 +43,7 @@ from cellcut.model import LoadedModel, resolve_model_path
 from cellcut.normalize import fit_normalization
 from cellcut.outputs import OutputSet, check_writable, split_location, workspace_folder
 from cellcut.postprocess import sigma_voxels
-from cellcut.runtime import release_free_memory, resolve_device
+from cellcut.runtime import limit_malloc_arenas, release_free_memory, resolve_device
 from cellcut.segmentation.labelling import (
     Labelling,
     instance_halo,
@@ -158,6 +158,7 @@ def segment(
     progress
         Called as ``progress(stage, blocks_done, blocks_total)``.
     """
+    limit_malloc_arenas()  # before the first read starts zarr's threads
     client = settings.pop("cluster") if _is_client(settings.get("cluster")) else None
     opts = segment_options(options, **settings)
     outputs = _output_set(image, out, probability_out, stats, overview, overwrite)
