@@ -1,5 +1,6 @@
 """The model: the 3D W-Net (``network``), its file format (``checkpoint``), where named models
-come from (``registry``) and which of its classes are the cells (``classes``).
+come from (``registry``), which of its classes are the cells (``classes``) and the average of
+several runs' weights (``soup``).
 
 Knows nothing about training or segmentation; both stand on it.
 """
@@ -16,6 +17,7 @@ from cellcut.model.network import (
     count_parameters,
 )
 from cellcut.model.registry import export_model, list_models, resolve_model_path
+from cellcut.model.soup import average_checkpoints
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -28,6 +30,7 @@ __all__ = [
     "WNet3D",
     "WNetArchitecture",
     "WNetOutput",
+    "average_checkpoints",
     "count_parameters",
     "export_model",
     "list_models",
