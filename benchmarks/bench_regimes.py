@@ -95,7 +95,15 @@ def classical(image, truth, voxel_size, method: str) -> dict:
 
 
 def cellcut_side(
-    side, image, truth, voxel_size, folder: Path, minutes: float, model: str, device: str = "cpu"
+    side,
+    image,
+    truth,
+    voxel_size,
+    folder: Path,
+    minutes: float,
+    model: str,
+    device: str = "cpu",
+    settings: dict | None = None,
 ):
     import tifffile
     import torch
@@ -120,6 +128,7 @@ def cellcut_side(
                 "log.progress": False,
                 "log.plots": False,
                 "device": device,
+                **(settings or {}),
             },
         )
         use = str(run.checkpoint)
@@ -167,6 +176,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="where cellcut trains and segments")
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training settings (train's --set)",
+    )
     args = ap.parse_args()
     os.environ["CELLCUT_BENCH_PRECISION"] = args.precision  # read where cases segment
 
@@ -194,12 +210,19 @@ def main() -> None:
                         args.minutes,
                         args.model,
                         args.device,
+                        dict(kv.split("=", 1) for kv in args.set),
                     )
             rows[name][side] = result
             print(f"[{time.perf_counter() - t0:6.0f} s] {name} {side}: {result}", flush=True)
         harness.write_json(
             args.out,
-            {"minutes": args.minutes, "model": args.model, "device": args.device, "rows": rows},
+            {
+                "minutes": args.minutes,
+                "model": args.model,
+                "device": args.device,
+                "settings": args.set,
+                "rows": rows,
+            },
         )
     header = ["volume", *[f"{s} F1/Dice" for s in SIDES if any(s in r for r in rows.values())]]
     table = []
