@@ -20,41 +20,35 @@ import torch
 from cellcut.errors import CheckpointError
 from cellcut.model.checkpoint import Checkpoint
 
-MUST_AGREE = ("kind", "architecture", "input_scale", "foreground_classes")
-"""Checkpoint fields every ingredient must share (and ``config.data.normalization``)."""
 
-
-def _normalization(ckpt: Checkpoint) -> Any:
-    return (ckpt.config.get("data") or {}).get("normalization")
+def _identity(ckpt: Checkpoint) -> dict[str, Any]:
+    """What every ingredient must share for its weights to mean the same thing."""
+    return {
+        "kind": ckpt.kind,
+        "architecture": ckpt.architecture,
+        "input scale": ckpt.input_scale,
+        "foreground classes": ckpt.foreground_classes,
+        "normalization": (ckpt.config.get("data") or {}).get("normalization"),
+        "weight names": sorted(ckpt.model),
+    }
 
 
 def _check_agree(ckpts: Sequence[Checkpoint], names: Sequence[str]) -> None:
-    first = ckpts[0]
+    first = _identity(ckpts[0])
     for ckpt, name in zip(ckpts[1:], names[1:], strict=True):
-        for key in MUST_AGREE:
-            if getattr(ckpt, key) != getattr(first, key):
+        for key, value in _identity(ckpt).items():
+            if value != first[key]:
+                shown = (
+                    ""
+                    if key == "weight names"
+                    else f" ({first[key]!r} in {names[0]}, {value!r} here)"
+                )
                 raise CheckpointError(
                     "cannot average these models",
-                    f"their {key.replace('_', ' ')} differs ({getattr(first, key)!r} in "
-                    f"{names[0]}, {getattr(ckpt, key)!r} here)",
+                    f"their {key} differs{shown}",
                     "average only runs fine-tuned from one model with one recipe family",
                     file=name,
                 )
-        if _normalization(ckpt) != _normalization(first):
-            raise CheckpointError(
-                "cannot average these models",
-                f"their normalization differs ({_normalization(first)!r} in {names[0]}, "
-                f"{_normalization(ckpt)!r} here)",
-                "average only models that see their input alike",
-                file=name,
-            )
-        if ckpt.model.keys() != first.model.keys():
-            raise CheckpointError(
-                "cannot average these models",
-                "their weights have different names",
-                "average only runs of one network",
-                file=name,
-            )
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -100,7 +94,7 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> Checkpoint:
             )
     centres = [c.intensity_centres for c in ckpts]
     images = list(dict.fromkeys(i for c in ckpts for i in c.images))
-    first = ckpts[0].for_inference()
+    first = ckpts[0]
     return Checkpoint(
         architecture=first.architecture,
         model=weights,
