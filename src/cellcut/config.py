@@ -189,6 +189,13 @@ class OptimizerConfig(_Section):
     lr: float = Field(1e-3, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    anchor: float = Field(
+        0.0,
+        ge=0,
+        description="after every step pull the weights back toward those the run started "
+        "from (the pretrained model's when fine-tuning): w <- w - lr*anchor*(w - w0), "
+        "L2-SP; 0 = off",
+    )
 
 
 class ScheduleConfig(_Section):

@@ -11,7 +11,13 @@ import tifffile
 import torch
 
 from cellcut.config import build_config, load_config
-from cellcut.errors import CheckpointError, InputFileError, OutputError, VolumeError
+from cellcut.errors import (
+    CheckpointError,
+    ConfigError,
+    InputFileError,
+    OutputError,
+    VolumeError,
+)
 from cellcut.losses.reconstruction import ReconstructionLoss
 from cellcut.model import Checkpoint, load_model
 from cellcut.model.classes import choose_foreground_classes
@@ -219,6 +225,50 @@ def test_fine_tune_from_pretrained_path(tmp_path, volume_file):
     assert tuned.model.arch == base.model.arch
     with pytest.raises(CheckpointError, match="does not exist"):
         train([img], tmp_path / "x", config(), from_pretrained=tmp_path / "missing.pt")
+
+
+def _distance(model, weights):
+    squares = [float((p.detach() - weights[k]).pow(2).sum()) for k, p in model.named_parameters()]
+    return sum(squares) ** 0.5
+
+
+def test_anchor_holds_fine_tuning_to_the_starting_weights(tmp_path, volume_file):
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    start = {k: v.clone() for k, v in base.model.state_dict().items()}
+    moved = {}
+    for anchor in (0.0, 200.0, 1000.0):  # lr 1e-3: pull 0, 20%, 100% of the way back
+        run = train(
+            [img],
+            tmp_path / f"a{anchor:g}",
+            config(stop={"steps": 6}, optimizer={"anchor": anchor}),
+            from_pretrained=base.checkpoint,
+        )
+        moved[anchor] = _distance(run.model, start)
+    assert moved[1000.0] == 0.0  # pulled all the way back after every step
+    assert 0 < moved[200.0] < moved[0.0]
+
+
+def test_anchored_fine_tuning_resumes_exactly_and_ships_without_its_anchor(tmp_path, volume_file):
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    cfg = config(stop={"steps": 8}, optimizer={"anchor": 100.0})
+    full = train([img], tmp_path / "full", cfg, from_pretrained=base.checkpoint)
+    part = train(
+        [img], tmp_path / "part", config(stop={"steps": 4}, optimizer={"anchor": 100.0}),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    saved = Checkpoint.load(part.checkpoint)
+    for k, v in base.model.named_parameters():
+        torch.testing.assert_close(saved.anchor[k], v.detach(), msg=k)
+    resumed = train([], tmp_path / "part", resume=True, overrides=["stop.steps=8"])
+    for (name, pa), pb in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert saved.for_inference().anchor is None
+    with pytest.raises(ConfigError, match="anchor"):
+        config(optimizer={"anchor": -1})
 
 
 def test_callback_can_stop_training(tmp_path, volume_file):

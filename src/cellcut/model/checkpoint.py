@@ -4,8 +4,9 @@
 (enough to rebuild the network without the code that trained it), what inference needs (cell
 classes, normalization, σ_I, input scale), and the training state that makes ``--resume``
 exact (optimizer, random-number states, step, elapsed time, learning-rate scale, the loss
-monitor's memory). It is written and read here only: atomically, and with
-``weights_only=True`` (no arbitrary code runs on load).
+monitor's memory, the starting weights that ``optimizer.anchor`` pulls toward). It is written
+and read here only: atomically, and with ``weights_only=True`` (no arbitrary code runs on
+load).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Checkpoint:
     val_labels: list[str] = field(default_factory=list)
     final: bool = False
     ranks: list[dict[str, Any]] = field(default_factory=list)  # torchrun: each rank's RNGs
+    anchor: dict[str, torch.Tensor] | None = None  # optimizer.anchor: the starting weights
 
     TRAINING_STATE = (
         "optimizer",
@@ -72,6 +74,7 @@ class Checkpoint:
         "val_labels",
         "final",
         "ranks",
+        "anchor",
     )
 
     @classmethod

@@ -3,7 +3,8 @@
 The loop reads in one screen: check the limits (steps, epochs, the time budget, a plateau, a
 stop request); take one step (a batch of patches, both U-Nets, soft N-cut + reconstruction +
 class intensity, backward, clip); on an explosion roll back to the last good state and halve
-the learning rate; otherwise step the optimizer; every ``log.every`` steps validate, log a row
+the learning rate; otherwise step the optimizer (and, with ``optimizer.anchor``, pull the
+weights back toward the starting model's); every ``log.every`` steps validate, log a row
 of ``metrics.csv`` and let the :class:`~cellcut.training.diagnostics.LossMonitor` read the
 curves; every ``log.checkpoint_every`` steps write a checkpoint. At the end the cell classes
 are decided and the final checkpoint, ``losses.png`` and ``preview.png`` written. Setting up
@@ -149,6 +150,15 @@ def learning_rate(
     return base
 
 
+@torch.no_grad()
+def pull_toward(model: torch.nn.Module, anchor: dict[str, torch.Tensor], fraction: float) -> None:
+    """Move every weight ``fraction`` of the way back to ``anchor`` (same names):
+    w <- w - fraction * (w - w0). Decoupled L2-SP (Li et al., ICML 2018): fine-tuning keeps
+    what the starting model knew, as weight decay keeps weights small."""
+    for name, p in model.named_parameters():
+        p.lerp_(anchor[name], fraction)
+
+
 def rec_baseline(kind: str, target: torch.Tensor) -> float:
     """Reconstruction loss of the best flat image (what 'reproduces nothing' scores)."""
     dims = tuple(range(1, target.ndim))
@@ -267,7 +277,13 @@ class Trainer:
             self.run.stopped_by = "repeated explosions"
 
     def optimizer_step(self, losses: WNetLossOutput) -> None:
-        self.session.optimizer.step()
+        """The optimizer's step, then the pull toward the starting weights
+        (``optimizer.anchor``)."""
+        s = self.session
+        s.optimizer.step()
+        if s.anchor is not None:
+            lr = s.optimizer.param_groups[0]["lr"]
+            pull_toward(s.model, s.anchor, min(1.0, lr * self.cfg.optimizer.anchor))
         self.run.step += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -381,6 +397,7 @@ class Trainer:
             grad_norms=s.monitor.grad_norms[-100:],
             final=final,
             ranks=ranks,
+            anchor=None if s.anchor is None else {k: v.cpu() for k, v in s.anchor.items()},
             **s.sources.record(),
         )
 

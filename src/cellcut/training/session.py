@@ -84,6 +84,7 @@ class Session:
     elapsed_before: float = 0.0  # seconds spent by the run before a resume
     notes: list[Diagnosis] = field(default_factory=list)  # said when the loop begins
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
+    anchor: dict[str, torch.Tensor] | None = None  # optimizer.anchor: the starting weights
 
     @property
     def trained(self) -> torch.nn.Module:
@@ -250,6 +251,8 @@ def open_session(
     )
     session.intensity_term = _intensity_term(session, sample, from_pretrained, restored)
     session.loss_fn = _loss(cfg, sigma_i, volumes, session.intensity_term)
+    if cfg.optimizer.anchor > 0:  # restored below when resuming
+        session.anchor = {k: p.detach().clone() for k, p in model.named_parameters()}
     if restored is not None:
         _restore(session, restored)
     session.ddp = parallel.wrap(model, device)
@@ -448,6 +451,8 @@ def _restore(session: Session, ckpt: Checkpoint) -> None:
         )
     monitor.said = set(ckpt.said)
     monitor.grad_norms = list(ckpt.grad_norms)
+    if session.anchor is not None and ckpt.anchor is not None:
+        session.anchor = {k: v.to(session.device) for k, v in ckpt.anchor.items()}
 
 
 def rng_states() -> dict[str, Any]:
