@@ -165,7 +165,13 @@ def main() -> None:
     from cellcut.synthetic import REGIMES
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    ap.add_argument(
+        "--regimes",
+        nargs="*",
+        default=list(REGIMES),
+        choices=list(REGIMES),
+        help="synthetic regimes (none: the embryo volumes only)",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--sides", nargs="+", default=list(SIDES[:5]), choices=SIDES)
     ap.add_argument("--reference", nargs="*", default=[], help="regimes to run the reference on")

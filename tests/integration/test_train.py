@@ -249,6 +249,25 @@ def test_anchor_holds_fine_tuning_to_the_starting_weights(tmp_path, volume_file)
     assert 0 < moved[200.0] < moved[0.0]
 
 
+def test_anchor_auto_holds_fine_tunes_only(tmp_path, volume_file):
+    img, _ = volume_file
+    fresh = train([img], tmp_path / "fresh", config(stop={"steps": 2}))
+    assert Checkpoint.load(fresh.checkpoint).anchor is None
+    keep = {"intensity_centres": "model"}  # a 2-step model's split: not adopted from the data
+    tuned = train(
+        [img], tmp_path / "tuned", config(stop={"steps": 2}, loss=keep),
+        from_pretrained=fresh.checkpoint,
+    )  # fmt: skip
+    anchor = Checkpoint.load(tuned.checkpoint).anchor
+    for k, v in fresh.model.named_parameters():
+        torch.testing.assert_close(anchor[k], v.detach(), msg=k)
+    off = train(
+        [img], tmp_path / "off", config(stop={"steps": 2}, optimizer={"anchor": 0}),
+        from_pretrained=fresh.checkpoint,
+    )  # fmt: skip
+    assert Checkpoint.load(off.checkpoint).anchor is None
+
+
 def test_anchored_fine_tuning_resumes_exactly_and_ships_without_its_anchor(tmp_path, volume_file):
     img, _ = volume_file
     base = train([img], tmp_path / "base", config(stop={"steps": 2}))
@@ -261,7 +280,9 @@ def test_anchored_fine_tuning_resumes_exactly_and_ships_without_its_anchor(tmp_p
     saved = Checkpoint.load(part.checkpoint)
     for k, v in base.model.named_parameters():
         torch.testing.assert_close(saved.anchor[k], v.detach(), msg=k)
+    assert saved.started_from == str(base.checkpoint)
     resumed = train([], tmp_path / "part", resume=True, overrides=["stop.steps=8"])
+    assert Checkpoint.load(resumed.checkpoint).started_from == str(base.checkpoint)
     for (name, pa), pb in zip(
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
@@ -464,7 +485,9 @@ def test_fine_tuning_adopts_the_datas_classes_when_the_models_split_disagrees(tm
     start = cell_share(model)
     biased = tmp_path / "biased.pt"
     run = train([tmp_path / "img.tif"], tmp_path / "tuned", cfg, from_pretrained=biased)
-    assert "classes_adopted" in [d.kind for d in run.diagnoses]
+    adopted = next(d for d in run.diagnoses if d.kind == "classes_adopted")
+    assert "does not hold the weights" in adopted.message
+    assert Checkpoint.load(run.checkpoint).anchor is None  # the model's split was wrong
     from cellcut.training.session import _intensity_sample
 
     sample = _intensity_sample(volumes)

@@ -43,6 +43,15 @@ def test_unstable_with_the_suggested_sigma_already_proposes_another_normalizatio
     assert said and "another normalization" in said[0].message
 
 
+def test_a_fine_tune_at_its_plateau_is_not_unstable_but_one_that_rises_is():
+    flat = [0.2 + 0.001 * (i % 3) for i in range(30)]  # a trained model's N-cut, flat
+    assert [d.kind for d in feed(LossMonitor(5.0, 5.0, fine_tuning=True), flat)] == ["plateau"]
+    assert "unstable" in [d.kind for d in feed(LossMonitor(5.0, 5.0), flat)]
+    rising = [0.2 + 0.004 * i for i in range(30)]
+    said = feed(LossMonitor(5.0, 5.0, fine_tuning=True), rising)
+    assert [d.kind for d in said] == ["unstable"] and "risen since the start" in said[0].message
+
+
 def test_poor_reconstruction_when_ncut_is_fine():
     curve = [0.5 - 0.2 * (1 - math.exp(-i / 4)) for i in range(30)]
     said = feed(LossMonitor(5.0, 5.0, "mse"), curve, rec_ratio=0.9)

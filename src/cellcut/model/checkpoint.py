@@ -50,6 +50,7 @@ class Checkpoint:
     elapsed_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    started_from: str | None = None  # the model a fine-tune started from
     # training state for an exact resume (absent from exported models)
     optimizer: dict[str, Any] | None = None
     sampler_rng: dict[str, Any] | None = None

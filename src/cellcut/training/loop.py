@@ -283,7 +283,7 @@ class Trainer:
         s.optimizer.step()
         if s.anchor is not None:
             lr = s.optimizer.param_groups[0]["lr"]
-            pull_toward(s.model, s.anchor, min(1.0, lr * self.cfg.optimizer.anchor))
+            pull_toward(s.model, s.anchor, min(1.0, lr * s.anchor_strength))
         self.run.step += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -389,6 +389,7 @@ class Trainer:
             step=run.step,
             elapsed_s=self.elapsed(),
             history=run.history,
+            started_from=s.started_from,
             optimizer=s.optimizer.state_dict(),
             sampler_rng=s.sampler.state(),
             rng=rng_states(),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import cellcut.training.parallel as parallel
-from cellcut.config import TrainConfig, apply_overrides, build_config
+from cellcut.config import AUTO_ANCHOR, TrainConfig, apply_overrides, build_config
 from cellcut.errors import CheckpointError, ConfigError
 from cellcut.losses import ReconstructionLoss, SoftNCutLoss, WNetLoss
 from cellcut.losses.intensity import ClassIntensityLoss, initial_centres
@@ -85,6 +85,8 @@ class Session:
     notes: list[Diagnosis] = field(default_factory=list)  # said when the loop begins
     ddp: torch.nn.Module | None = None  # the model in DistributedDataParallel under torchrun
     anchor: dict[str, torch.Tensor] | None = None  # optimizer.anchor: the starting weights
+    anchor_strength: float = 0.0  # optimizer.anchor resolved ("auto" decided)
+    started_from: str | None = None  # the pretrained model a fine-tune started from
 
     @property
     def trained(self) -> torch.nn.Module:
@@ -208,6 +210,10 @@ def open_session(
         else max(v.normalization.high - v.normalization.low for v in volumes)
     )
     model = _model(cfg, from_pretrained, restored, run_dir).to(device)
+    if restored is not None:
+        started_from = restored.started_from
+    else:
+        started_from = None if from_pretrained is None else str(from_pretrained)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay
     )
@@ -246,17 +252,44 @@ def open_session(
             )
         ),
         monitor=LossMonitor(
-            suggested, sigma_i, cfg.loss.reconstruction, normalization=cfg.data.normalization
+            suggested,
+            sigma_i,
+            cfg.loss.reconstruction,
+            normalization=cfg.data.normalization,
+            fine_tuning=started_from is not None,
         ),
+        started_from=started_from,
     )
     session.intensity_term = _intensity_term(session, sample, from_pretrained, restored)
     session.loss_fn = _loss(cfg, sigma_i, volumes, session.intensity_term)
-    if cfg.optimizer.anchor > 0:  # restored below when resuming
-        session.anchor = {k: p.detach().clone() for k, p in model.named_parameters()}
+    _anchor(session, restored)
     if restored is not None:
         _restore(session, restored)
     session.ddp = parallel.wrap(model, device)
     return session
+
+
+def _anchor(session: Session, restored: Checkpoint | None) -> None:
+    """``optimizer.anchor``: its strength ("auto": :data:`~cellcut.config.AUTO_ANCHOR` when
+    fine-tuning, unless the data's classes were adopted, the model's split being wrong) and
+    the weights it pulls toward (a resumed run's own, else the starting ones)."""
+    value = session.cfg.optimizer.anchor
+    adopted = [n for n in session.notes if n.kind == CLASSES_ADOPTED]
+    if value != "auto":
+        strength = float(value)
+    elif restored is not None:
+        strength = AUTO_ANCHOR if restored.anchor is not None else 0.0
+    else:
+        strength = AUTO_ANCHOR if session.started_from is not None and not adopted else 0.0
+    for note in adopted if value == "auto" else []:
+        note.message += ", and does not hold the weights to the model's (optimizer.anchor)"
+    session.anchor_strength = strength
+    if strength <= 0:
+        return
+    if restored is not None and restored.anchor is not None:
+        session.anchor = {k: v.to(session.device) for k, v in restored.anchor.items()}
+    else:
+        session.anchor = {k: p.detach().clone() for k, p in session.model.named_parameters()}
 
 
 def _intensity_sample(volumes: Sequence[TrainingVolume]) -> np.ndarray:
@@ -451,8 +484,6 @@ def _restore(session: Session, ckpt: Checkpoint) -> None:
         )
     monitor.said = set(ckpt.said)
     monitor.grad_norms = list(ckpt.grad_norms)
-    if session.anchor is not None and ckpt.anchor is not None:
-        session.anchor = {k: v.to(session.device) for k, v in ckpt.anchor.items()}
 
 
 def rng_states() -> dict[str, Any]:
