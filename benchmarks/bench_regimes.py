@@ -8,7 +8,8 @@ parameter draws), plus the real embryo volumes of ../shared/data where present. 
 
 - ``voronoi-otsu`` and ``watershed``: the classical methods on the raw image, automatic
   parameters (cellcut.postprocess with Otsu's threshold; the seed distance and speck floor
-  from the image's fingerprint, as cellcut's own instance step gets them);
+  from the image's fingerprint alone: cellcut's own instance step also hears its model's
+  foreground, :func:`cellcut.segmentation.labelling.object_scale`);
 - ``zero-shot``: ``cellcut.segment`` with the shipped model and the default settings;
 - ``fine-tune``: ``cellcut train --from-pretrained default`` on the volume for ``--minutes``,
   then segment;
@@ -18,6 +19,8 @@ parameter draws), plus the real embryo volumes of ../shared/data where present. 
   by the same Voronoi-Otsu step.
 
 Scores: instance F1 at IoU 0.5 and foreground Dice. Every training runs on 2 threads.
+``--runs DIR`` keeps the training runs (``DIR/VOLUME/SIDE``); a later call with the same
+``--runs`` scores the kept runs again instead of retraining them.
 
 Usage::
 
@@ -29,6 +32,7 @@ Prints a table, writes ``benchmarks/results/regimes.json`` and ``docs/regimes.pn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -75,8 +79,8 @@ def score(truth, labels) -> dict:
 
 
 def classical(image, truth, voxel_size, method: str) -> dict:
-    """A classical method on the raw image, with the automatic settings cellcut's own instance
-    step gets from the image's fingerprint (seed distance, speck floor)."""
+    """A classical method on the raw image, with the automatic settings the image's fingerprint
+    gives (seed distance, speck floor)."""
     import numpy as np
 
     from cellcut.fingerprint import measure
@@ -113,8 +117,12 @@ def cellcut_side(
 
     torch.set_num_threads(harness.THREADS)
     info: dict = {}
+    kept = folder / side / "bench.json"
     if side == "zero-shot":
         use = model
+    elif kept.exists():  # a run kept by an earlier --runs: scored again, not retrained
+        info = json.loads(kept.read_text())
+        use = str(folder / side)
     else:
         path = folder / "image.tif"
         tifffile.imwrite(path, image)
@@ -133,6 +141,7 @@ def cellcut_side(
         )
         use = str(run.checkpoint)
         info = {"steps": run.step, "diagnoses": [d.kind for d in run.diagnoses]}
+        kept.write_text(json.dumps(info))
     precision = os.environ.get("CELLCUT_BENCH_PRECISION", "float32")
     result = segment(
         image, None, model=use, voxel_size=voxel_size, device=device, precision=precision
@@ -183,6 +192,12 @@ def main() -> None:
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument(
+        "--runs",
+        type=Path,
+        help="keep the training runs in RUNS/VOLUME/SIDE; a run already there is scored again "
+        "instead of retrained (e.g. after a change to the instance step)",
+    )
+    ap.add_argument(
         "--set",
         nargs="*",
         default=[],
@@ -201,7 +216,7 @@ def main() -> None:
         if "reference" not in sides and name.split("/")[0] in args.reference:
             sides.append("reference")
         for side in sides:
-            with tempfile.TemporaryDirectory() as tmp:
+            with _folder(args.runs, name) as tmp:
                 if side in ("voronoi-otsu", "watershed"):
                     result = classical(image, truth, voxel_size, side)
                 elif side == "reference":
@@ -241,6 +256,18 @@ def main() -> None:
         table.append(cells)
     print(harness.table(table, header))
     plot(rows, Path(__file__).resolve().parents[1] / "docs" / f"{args.out}.png")
+
+
+@contextlib.contextmanager
+def _folder(runs: Path | None, name: str):
+    """Where a volume's training runs go: a temporary folder, or RUNS/VOLUME kept."""
+    if runs is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+    else:
+        folder = runs / name.replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
 
 
 def plot(rows: dict, path: Path) -> None:
