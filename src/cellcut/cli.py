@@ -60,7 +60,7 @@ _SEGMENT_FLAGS = {
     "block": ("--block", {"type": int}),
     "batch_size": ("--batch-size", {"type": int}),
     "spot_sigma": ("--spot-sigma", {"type": "float_or_auto"}),
-    "outline_sigma": ("--outline-sigma", {"type": float}),
+    "outline_sigma": ("--outline-sigma", {"type": "float_or_auto"}),
     "min_distance": ("--min-distance", {"type": "float_or_auto"}),
     "denoise": ("--denoise", {"type": "number_or_auto"}),
     "min_volume": ("--min-volume", {"type": "number_or_auto"}),

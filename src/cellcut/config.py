@@ -33,7 +33,7 @@ from pydantic import (
 from cellcut.errors import CellcutError, ConfigError
 from cellcut.normalize import METHODS as NORMALIZATIONS
 from cellcut.outputs import atomic_output
-from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS
+from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS, OUTLINE_SIGMA
 
 CONFIG_VERSION = 1
 
@@ -385,10 +385,16 @@ class SegmentOptions(_Section):
         "auto",
         description="Voronoi-Otsu seed blur, µm, or 'auto' (half the median nucleus radius)",
     )
-    outline_sigma: float = Field(1.0, gt=0, description="Voronoi-Otsu mask blur, µm")
+    outline_sigma: float | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Voronoi-Otsu mask blur, µm; 'auto': 1 µm, or a quarter of the image's typical "
+            "nucleus radius where that is less"
+        ),
+    )
     min_distance: float | Literal["auto"] = Field(
         "auto",
-        description="watershed seed distance, µm; 'auto': half the image's typical nucleus radius",
+        description="watershed seed distance, µm; 'auto': half the typical nucleus radius",
     )
     denoise: float | Literal["auto"] = Field(
         "auto",
@@ -401,7 +407,7 @@ class SegmentOptions(_Section):
         "auto",
         description=(
             "smaller objects are removed, µm³; 'auto': specks, smaller than a sphere of a third "
-            "of the image's typical nucleus radius"
+            "of the typical nucleus radius (from the image and the model's foreground)"
         ),
     )
     max_volume: float | None = Field(
@@ -452,7 +458,7 @@ class SegmentOptions(_Section):
 
         return None if value is None else check_voxel_size(value)
 
-    @field_validator("spot_sigma", "min_distance", mode="before")
+    @field_validator("spot_sigma", "outline_sigma", "min_distance", mode="before")
     @classmethod
     def _positive_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
         return _number_or_auto(value, info.field_name, "a positive number", lambda v: v > 0)
@@ -487,6 +493,8 @@ class SegmentOptions(_Section):
 SEGMENT_DEFAULTS = SegmentOptions()
 MANUAL_SPOT_SIGMA = DEFAULT_SPOT_SIGMA
 """Seed blur offered when a user turns ``spot_sigma="auto"`` off, µm."""
+MANUAL_OUTLINE_SIGMA = OUTLINE_SIGMA
+"""Mask blur offered when a user turns ``outline_sigma="auto"`` off, µm."""
 
 
 def segment_options(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from cellcut.postprocess import object_radii, typical_radius
+from cellcut.postprocess import OUTLINE_SIGMA, object_radii, typical_radius
 
 WINDOW = 96
 MAX_WINDOWS = 4
@@ -42,6 +42,11 @@ DENOISE_RADIUS_FRACTION = 1 / 6
 this share of the typical radius before the model sees it."""
 DEFAULT_SEED_DISTANCE = 2.0
 """µm (voxels without a voxel size), when no typical radius could be measured."""
+OUTLINE_RADIUS_FRACTION = 1 / 4
+"""``outline_sigma="auto"``: Voronoi-Otsu's mask blur is
+:data:`cellcut.postprocess.OUTLINE_SIGMA` (µm, voxels without a voxel size), or this share of
+the typical radius where that is less: a 1 µm blur over nuclei of radius 1.3 µm rounds them
+into each other."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,13 @@ class Fingerprint:
         if self.object_radius is None:
             return DEFAULT_SEED_DISTANCE
         return SEED_DISTANCE_FRACTION * self.object_radius
+
+    def outline_sigma(self) -> float:
+        """``outline_sigma="auto"``: :data:`~cellcut.postprocess.OUTLINE_SIGMA`, or
+        :data:`OUTLINE_RADIUS_FRACTION` of the typical radius where that is less."""
+        if self.object_radius is None:
+            return OUTLINE_SIGMA
+        return min(OUTLINE_SIGMA, OUTLINE_RADIUS_FRACTION * self.object_radius)
 
     def denoise_sigma(self) -> float:
         """``denoise="auto"``: a Gaussian σ (µm, voxels without a voxel size) for grainy images

@@ -97,6 +97,7 @@ def distance_transform(mask: np.ndarray, sampling: Sequence[float] | None = None
 
 SPOT_RADIUS_FRACTION = 0.5  # spot sigma = this × the median inscribed radius
 DEFAULT_SPOT_SIGMA = 2.0  # µm, when there is nothing to measure
+OUTLINE_SIGMA = 1.0  # µm, Voronoi-Otsu's mask blur (the most outline_sigma="auto" uses)
 
 
 def object_radii(
@@ -175,7 +176,7 @@ def auto_spot_sigma(
 def voronoi_otsu(
     image: np.ndarray,
     spot_sigma: float | Literal["auto"] = "auto",
-    outline_sigma: float = 1.0,
+    outline_sigma: float = OUTLINE_SIGMA,
     voxel_size: Sequence[float] | None = None,
     probability: bool = False,
 ) -> np.ndarray:
@@ -342,7 +343,7 @@ def instances(
     voxel_size: Sequence[float] | None = None,
     probability: bool = True,
     spot_sigma: float | Literal["auto"] = "auto",
-    outline_sigma: float = 1.0,
+    outline_sigma: float = OUTLINE_SIGMA,
     min_distance: float = 2.0,
     min_volume: float = 0.0,
     max_volume: float | None = None,

@@ -389,6 +389,12 @@ REGIMES: dict[str, dict] = {
         shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(4.0, 6.0), fill=0.12,
         brightness=(0.6, 1.4), background=0.08, saturated=5e-4, photons=300.0, dtype="uint8",
     ),
+    # nuclei inside a dim tissue body (cytoplasm, yolk, autofluorescent tissue) filling about
+    # half of the volume: Otsu's split of the raw image takes the body for one object
+    "tissue-background": dict(
+        shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(3.0, 4.5), fill=0.12,
+        brightness=(0.3, 0.6), tissue=0.35, background=0.02, photons=200.0, dtype="uint16",
+    ),
 }  # fmt: skip
 """Named imaging regimes (generator settings) for scoring; see ``benchmarks/bench_regimes.py``.
 Scoring volumes use seeds below 1000, training volumes (:func:`random_regime`) seeds from

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from cellcut.errors import CheckpointError
@@ -48,3 +49,19 @@ def test_default_model_segments_synthetic_nuclei():
     ev = evaluate(v.labels, result.labels, thresholds=(0.5,))
     assert ev.f1_50 >= 0.8, ev.table()
     assert ev.dice >= 0.8, ev.table()
+
+
+def test_a_dim_tissue_body_does_not_set_the_size_floor():
+    """Nuclei inside a dim tissue body: Otsu's split of the raw image takes the body for one
+    huge object (the fingerprint's radius is > 3x the nuclei's), and a size floor made from it
+    alone removed every nucleus. The instance step's scale also hears the model's foreground."""
+    v = make_nuclei_volume(
+        (32, 64, 64), seed=1, radius_um=(2.5, 3.0), fill=0.12, brightness=(0.3, 0.5),
+        tissue=0.3, background=0.01, photons=400.0, dtype="uint16",
+    )  # fmt: skip
+    result = segment(v.image, None, model="default", voxel_size=(1.0, 1.0, 1.0))
+    assert result.summary["fingerprint"]["object_radius"] > 3 * 2.75
+    assert result.summary["object_radius"] < 1.5 * 2.75
+    assert result.summary["min_volume"] < 4 / 3 * np.pi * 2.5**3  # under any nucleus' volume
+    ev = evaluate(v.labels, result.labels, thresholds=(0.5,))
+    assert ev.f1_50 >= 0.4, ev.table()

@@ -179,7 +179,7 @@ def test_widgets_start_from_the_library_defaults(viewer):
     assert seg.crf.value == SEGMENT_DEFAULTS.crf
     assert seg.method.value == SEGMENT_DEFAULTS.instances
     assert seg.spot_auto.value == (SEGMENT_DEFAULTS.spot_sigma == "auto")
-    assert seg.outline_sigma.value == SEGMENT_DEFAULTS.outline_sigma
+    assert seg.outline_auto.value == (SEGMENT_DEFAULTS.outline_sigma == "auto")
     assert seg.volume_auto.value == (SEGMENT_DEFAULTS.min_volume == "auto")
     form = apply_overrides(TrainConfig(), TrainWidget(viewer).settings())
     default = TrainConfig()

@@ -99,3 +99,14 @@ def test_auto_instances_prefer_voronoi_otsu_on_a_tie():
     prob = (ball(shape, (12, 12, 12), 5) | ball(shape, (12, 34, 34), 5)).astype(np.float32)
     labels, chosen = choose_instances(prob)
     assert chosen == "voronoi-otsu" and labels.max() == 2
+
+
+def test_object_scale_is_the_capped_geometric_mean_of_both_estimates():
+    from cellcut.segmentation.labelling import IMAGE_RADIUS_CAP, object_scale
+
+    assert object_scale(4.0, 4.0) == pytest.approx(4.0)
+    assert object_scale(6.0, 4.0) == pytest.approx(np.sqrt(24.0))  # touching nuclei merged
+    assert object_scale(3.0, 1.0) == pytest.approx(np.sqrt(IMAGE_RADIUS_CAP))  # a tissue body
+    assert object_scale(40.0, 3.0) == object_scale(6.0, 3.0)  # the cap, however far off
+    assert object_scale(None, 3.0) == 3.0 and object_scale(5.0, None) == 5.0
+    assert object_scale(None, None) is None

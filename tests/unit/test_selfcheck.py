@@ -91,6 +91,28 @@ def test_fingerprint_settings_follow_contrast_and_radius():
     assert clean.denoise_sigma() == 0.0 and unknown.denoise_sigma() == 0.0
     assert grainy.seed_distance() == pytest.approx(0.6)
     assert unknown.seed_distance() == DEFAULT_SEED_DISTANCE
+    # Voronoi-Otsu's mask blur: 1 µm, or a quarter of the radius where that is less
+    assert grainy.outline_sigma() == pytest.approx(0.3)
+    assert Fingerprint(0.2, 8.0, 12.0, 0.0, "µm").outline_sigma() == 1.0
+    assert unknown.outline_sigma() == 1.0
+
+
+def test_outline_sigma_auto_is_used_and_said(tmp_path):
+    from tests.helpers import untrained_model
+
+    from cellcut.segmentation import segment
+
+    v = regime_volume("confocal-dense-grainy", 0)
+    image = v.image[:32, :48, :48]
+    model = untrained_model(tmp_path / "m.pt")
+    auto = segment(image, None, model=model, voxel_size=v.voxel_size, instances="voronoi-otsu")
+    expected = measure(image, v.voxel_size).outline_sigma()
+    assert expected < 1.0 and auto.summary["outline_sigma"] == pytest.approx(expected)
+    fixed = segment(
+        image, None, model=model, voxel_size=v.voxel_size, instances="voronoi-otsu",
+        outline_sigma=1.0,
+    )  # fmt: skip
+    assert fixed.summary["outline_sigma"] == 1.0
 
 
 def test_grainy_regime_is_measured_grainy_and_a_clean_one_is_not():

@@ -44,7 +44,7 @@ def test_instance_choices_come_from_postprocess():
         ("block", (4, 0, 4), "block: sizes must be at least 1 voxel"),
         ("overlap", 1.5, "overlap: Input should be less than 1"),
         ("batch_size", 0, "batch_size: Input should be greater than or equal to 1"),
-        ("outline_sigma", -1.0, "outline_sigma: Input should be greater than 0"),
+        ("outline_sigma", -1.0, "outline_sigma must be a positive number or 'auto', got -1.0"),
         ("min_volume", -5, "min_volume must be a number >= 0 or .auto., got -5"),
         ("spot_sigma", float("nan"), "spot_sigma must be a positive number or 'auto'"),
         ("min_distance", 0, "min_distance must be a positive number or 'auto', got 0"),
@@ -89,21 +89,29 @@ def test_train_overrides_take_a_dict_of_typed_values():
         apply_overrides(TrainConfig(), {"log.select_best": True})
 
 
-def test_min_volume_auto_is_the_speck_floor_of_the_fingerprint(tmp_path):
-    """'auto' removes objects under a sphere of a third of the image's typical radius."""
+def test_min_volume_auto_is_the_speck_floor_of_the_typical_radius(tmp_path):
+    """'auto' removes objects under a sphere of a third of the typical radius: the image's
+    fingerprint heard with the model's foreground (object_scale)."""
+    from dataclasses import replace
+
     import numpy as np
     from tests.helpers import untrained_model
 
     from cellcut.fingerprint import measure
-    from cellcut.segmentation import segment
+    from cellcut.segmentation import estimate_spot_sigma, segment
+    from cellcut.segmentation.labelling import object_scale
     from cellcut.synthetic import regime_volume
 
     v = regime_volume("lightsheet-sparse", 0)
     image = v.image[:24, :48, :48]
     model = untrained_model(tmp_path / "m.pt")
     auto = segment(image, None, model=model, voxel_size=v.voxel_size, instances="connected")
-    floor = measure(image, v.voxel_size).speck_volume()
-    assert auto.summary["min_volume"] == floor > 0
+    fp = measure(image, v.voxel_size)
+    _, model_radius = estimate_spot_sigma(auto.probability, v.voxel_size, fp.outline_sigma())
+    radius = object_scale(fp.object_radius, model_radius)
+    assert auto.summary["object_radius"] == pytest.approx(radius)
+    floor = replace(fp, object_radius=radius).speck_volume()
+    assert auto.summary["min_volume"] == pytest.approx(floor) and floor > 0
     assert auto.n_cells == 0 or np.min(auto.stats.columns["volume_um3"]) >= floor
     none = segment(
         image, None, model=model, voxel_size=v.voxel_size, instances="connected", min_volume=0

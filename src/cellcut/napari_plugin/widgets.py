@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from cellcut.config import (
     INSTANCE_CHOICES,
+    MANUAL_OUTLINE_SIGMA,
     MANUAL_SPOT_SIGMA,
     REFINE_DEFAULTS,
     SEGMENT_DEFAULTS,
@@ -553,9 +554,18 @@ class SegmentWidget(QWidget):
         )
         self.spot_sigma.enabled = not auto
         self.spot_auto.changed.connect(lambda v: setattr(self.spot_sigma, "enabled", not v))
-        self.outline_sigma = mw.FloatSpinBox(
-            label="outline σ (µm)", value=d.outline_sigma, min=0.1, max=50
+        outline_auto = d.outline_sigma == "auto"
+        self.outline_auto = mw.CheckBox(
+            label="outline σ from the nuclei's size", value=outline_auto
         )
+        self.outline_sigma = mw.FloatSpinBox(
+            label="outline σ (µm)",
+            value=MANUAL_OUTLINE_SIGMA if outline_auto else d.outline_sigma,
+            min=0.1,
+            max=50,
+        )
+        self.outline_sigma.enabled = not outline_auto
+        self.outline_auto.changed.connect(lambda v: setattr(self.outline_sigma, "enabled", not v))
         volume_auto = d.min_volume == "auto"
         self.volume_auto = mw.CheckBox(label="min volume from the nuclei's size", value=volume_auto)
         self.min_volume = mw.FloatSpinBox(
@@ -574,6 +584,7 @@ class SegmentWidget(QWidget):
                 self.method,
                 self.spot_auto,
                 self.spot_sigma,
+                self.outline_auto,
                 self.outline_sigma,
                 self.volume_auto,
                 self.min_volume,
@@ -643,7 +654,7 @@ class SegmentWidget(QWidget):
             voxel_size=voxel,
             instances=self.method.value,
             spot_sigma="auto" if self.spot_auto.value else self.spot_sigma.value,
-            outline_sigma=self.outline_sigma.value,
+            outline_sigma="auto" if self.outline_auto.value else self.outline_sigma.value,
             min_volume="auto" if self.volume_auto.value else self.min_volume.value,
             crf=self.crf.value,
             keep_in_memory=True,

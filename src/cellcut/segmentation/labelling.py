@@ -18,6 +18,7 @@ from scipy import ndimage as ndi
 
 from cellcut.blocks import Block, blocks, inner_faces, owned_objects, tiles
 from cellcut.postprocess import (
+    OUTLINE_SIGMA,
     auto_spot_sigma,
     choose_instances,
     instances,
@@ -35,6 +36,8 @@ nuclei are 5-25 µm across), so that any of them lies whole in the block that ow
 
 SPOT_SIGMA_WINDOW = 160
 SPOT_SIGMA_MAX_WINDOWS = 8
+IMAGE_RADIUS_CAP = 2.0
+""":func:`object_scale`: the image's radius counts for at most this many times the model's."""
 """Windows (voxels per axis, how many) on which ``spot_sigma="auto"`` measures the nuclei."""
 
 
@@ -48,6 +51,22 @@ class Labelling:
     min_volume: float = 0.0
     min_distance: float | None = None
     chosen: dict[str, int] = field(default_factory=dict)  # method "auto": blocks per method
+    object_radius: float | None = None  # the scale its size floor and seed distance came from
+    outline_sigma: float | None = None
+
+
+def object_scale(image_radius: float | None, probability_radius: float | None) -> float | None:
+    """The typical nucleus radius the instance step works at, from two estimates with
+    opposite biases: the image's own (:attr:`cellcut.fingerprint.Fingerprint.object_radius`,
+    Otsu's bright class of the raw image, which merges touching nuclei and, on an image with a
+    dim tissue body around them, measures the body) and the model's (the median inscribed
+    radius of its smoothed foreground, :func:`estimate_spot_sigma`, which fragments where the
+    map is speckled or nuclei are cut). Their geometric mean, the image's capped at
+    :data:`IMAGE_RADIUS_CAP` times the model's; either alone when the other is missing."""
+    if image_radius is None or probability_radius is None:
+        return probability_radius if image_radius is None else image_radius
+    capped = min(image_radius, IMAGE_RADIUS_CAP * probability_radius)
+    return math.sqrt(capped * probability_radius)
 
 
 def instance_halo(
@@ -63,7 +82,7 @@ def instance_halo(
 def estimate_spot_sigma(
     probability: Any,
     voxel_size: Sequence[float] | None,
-    outline_sigma: float = 1.0,
+    outline_sigma: float = OUTLINE_SIGMA,
     window: int = SPOT_SIGMA_WINDOW,
     max_windows: int = SPOT_SIGMA_MAX_WINDOWS,
 ) -> tuple[float, float | None]:
@@ -153,7 +172,7 @@ def resolve_spot_sigma(
     if method in ("voronoi-otsu", "auto") and not seeded:
         if options.get("spot_sigma", "auto") == "auto":
             options["spot_sigma"], result.median_radius = estimate_spot_sigma(
-                probability, voxel_size, options.get("outline_sigma", 1.0)
+                probability, voxel_size, options.get("outline_sigma", OUTLINE_SIGMA)
             )
         result.spot_sigma = float(options["spot_sigma"])
     return options

@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,10 @@ from cellcut.postprocess import sigma_voxels
 from cellcut.runtime import limit_malloc_arenas, release_free_memory, resolve_device
 from cellcut.segmentation.labelling import (
     Labelling,
+    estimate_spot_sigma,
     instance_halo,
     label_blocks,
+    object_scale,
     resolve_spot_sigma,
 )
 from cellcut.segmentation.predict import (
@@ -226,7 +228,8 @@ def _segment_volume(
             summary["fingerprint"] = fingerprint.to_dict()
             summary["denoise"] = blur
             summary["crf"] = opts.crf
-            summary["warnings"] = _self_check(rows, vol.shape, voxel_size, fingerprint)
+            scale = replace(fingerprint, object_radius=labelling.object_radius)
+            summary["warnings"] = _self_check(rows, vol.shape, voxel_size, scale)
         summary["warnings"] = vol.warnings + summary.get("warnings", [])
         result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
         result.n_cells = labelling.n_objects
@@ -348,12 +351,19 @@ def _label(
 ) -> Labelling:
     halo = opts.triple("halo") or instance_halo(opts.triple("window"), voxel_size)
     options = opts.instance_options()
+    if options["outline_sigma"] == "auto":  # the image's scale: the model's is measured with it
+        options["outline_sigma"] = fingerprint.outline_sigma()
+    spot_sigma, prob_radius = estimate_spot_sigma(prob, voxel_size, options["outline_sigma"])
+    auto_spot = options["spot_sigma"] == "auto" and interior is None
+    if auto_spot:
+        options["spot_sigma"] = spot_sigma  # measured once here, not again in label_blocks
+    scale = replace(fingerprint, object_radius=object_scale(fingerprint.object_radius, prob_radius))
     if options["min_volume"] == "auto":
-        options["min_volume"] = fingerprint.speck_volume()
+        options["min_volume"] = scale.speck_volume()
     if options["min_distance"] == "auto":
-        options["min_distance"] = fingerprint.seed_distance()
+        options["min_distance"] = scale.seed_distance()
     if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
-        options["object_radius"] = fingerprint.object_radius
+        options["object_radius"] = scale.object_radius
     settings = {"method": opts.instances, "voxel_size": voxel_size, "block": opts.triple("block")}
     if run is None:
         labelling = label_blocks(
@@ -369,6 +379,10 @@ def _label(
         )  # fmt: skip
     labelling.min_volume = float(options["min_volume"])
     labelling.min_distance = float(options["min_distance"])
+    labelling.object_radius = scale.object_radius
+    labelling.outline_sigma = float(options["outline_sigma"])
+    if auto_spot and labelling.spot_sigma is not None:
+        labelling.median_radius = prob_radius
     release_free_memory()
     return labelling
 
@@ -446,13 +460,18 @@ def _self_check(
 
 
 def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, Any]:
-    summary: dict[str, Any] = {"instances": opts.instances, "min_volume": labelling.min_volume}
+    summary: dict[str, Any] = {
+        "instances": opts.instances,
+        "object_radius": labelling.object_radius,
+        "min_volume": labelling.min_volume,
+    }
     if labelling.chosen:
         summary["instances_chosen"] = dict(labelling.chosen)
     if opts.instances in ("watershed", "auto"):
         summary["min_distance"] = labelling.min_distance
     if opts.instances in ("voronoi-otsu", "auto"):
         summary["spot_sigma"] = labelling.spot_sigma
+        summary["outline_sigma"] = labelling.outline_sigma
         summary["median_object_radius"] = labelling.median_radius
     return summary
 
