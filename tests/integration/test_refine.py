@@ -55,6 +55,25 @@ def test_refine_then_segment_with_the_refined_model(tmp_path, data):
     assert "instances_chosen" not in other.summary
 
 
+def test_targets_are_drawn_at_the_scale_of_the_wnet_instance_step(tmp_path, data, monkeypatch):
+    """The boundary axes of the targets come from the typical radius segment() used for the
+    pseudo-labels (fingerprint and model foreground), as a refined model's inference does."""
+    import cellcut.refinement.sources as sources
+
+    folder, v = data
+    seen = {}
+    real = sources.refine_targets
+
+    def spy(*args, radius=None, **kwargs):
+        seen["radius"] = radius
+        return real(*args, radius=radius, **kwargs)
+
+    monkeypatch.setattr(sources, "refine_targets", spy)
+    refine([folder / "img.tif"], tmp_path / "run", steps=1, voxel_size=v.voxel_size, **TINY)
+    expected = segment(v.image, None, voxel_size=v.voxel_size).summary["object_radius"]
+    assert expected is not None and seen["radius"] == pytest.approx(expected)
+
+
 def test_resume_continues_the_same_run(tmp_path, data):
     folder, _ = data
     out = tmp_path / "run"

@@ -25,7 +25,8 @@ from cellcut.outputs import atomic_output
 from cellcut.refinement.data import RefineVolume, prepare_volume
 from cellcut.refinement.targets import doubtful_objects, refine_targets
 from cellcut.runtime import resolve_device
-from cellcut.segmentation import segment
+from cellcut.segmentation import estimate_spot_sigma, segment
+from cellcut.segmentation.labelling import object_scale
 from cellcut.segmentation.predict import resolve_model
 from cellcut.training.data import is_path
 
@@ -109,6 +110,10 @@ def pseudo_labelled(
         else:
             lab, prob = _instances(data, vs, sources.wnet, cfg, cache / f"{i:03d}")
         fingerprint = measure(data, vs)  # once: the boundary axes and the denoising
+        radius = fingerprint.object_radius
+        if prob is not None:  # the scale the W-Net's instance step used, as segment does
+            _, model_radius = estimate_spot_sigma(prob, vs, fingerprint.outline_sigma())
+            radius = object_scale(radius, model_radius)
         target = refine_targets(
             lab,
             prob,
@@ -116,7 +121,7 @@ def pseudo_labelled(
             shell=cfg.ignore_shell,
             doubtful=doubtful_objects(lab, cfg.doubtful_ratio),
             voxel_size=vs,
-            radius=fingerprint.object_radius,
+            radius=radius,
         )
         name = Path(vol.source).name
         blur = fingerprint.denoise_sigma()
