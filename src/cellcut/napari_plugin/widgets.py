@@ -42,6 +42,19 @@ from cellcut.training import TrainCallback
 TRAIN_DEFAULTS = TrainConfig()
 
 
+def _auto_or_number(
+    what: str, label: str, default: Any, manual: float, low: float, high: float
+) -> tuple[Any, Any]:
+    """A setting that is "auto" or a number: a checkbox "WHAT from the nuclei's size" and the
+    spin box it disables (showing ``manual`` while the default is "auto")."""
+    auto = default == "auto"
+    box = mw.CheckBox(label=f"{what} from the nuclei's size", value=auto)
+    spin = mw.FloatSpinBox(label=label, value=manual if auto else default, min=low, max=high)
+    spin.enabled = not auto
+    box.changed.connect(lambda v: setattr(spin, "enabled", not v))
+    return box, spin
+
+
 def _choices(model: type, name: str) -> list[str]:
     """The allowed values of a Literal setting, from the config that defines it."""
     from typing import get_args
@@ -544,35 +557,15 @@ class SegmentWidget(QWidget):
         self.voxel = mw.TupleEdit(label="voxel size (z, y, x) µm", value=(1.0, 1.0, 1.0))
         d = SEGMENT_DEFAULTS
         self.method = mw.ComboBox(label="instances", choices=INSTANCE_CHOICES, value=d.instances)
-        auto = d.spot_sigma == "auto"
-        self.spot_auto = mw.CheckBox(label="spot σ from the nuclei's size", value=auto)
-        self.spot_sigma = mw.FloatSpinBox(
-            label="spot σ (µm)",
-            value=MANUAL_SPOT_SIGMA if auto else d.spot_sigma,
-            min=0.1,
-            max=50,
+        self.spot_auto, self.spot_sigma = _auto_or_number(
+            "spot σ", "spot σ (µm)", d.spot_sigma, MANUAL_SPOT_SIGMA, 0.1, 50
         )
-        self.spot_sigma.enabled = not auto
-        self.spot_auto.changed.connect(lambda v: setattr(self.spot_sigma, "enabled", not v))
-        outline_auto = d.outline_sigma == "auto"
-        self.outline_auto = mw.CheckBox(
-            label="outline σ from the nuclei's size", value=outline_auto
+        self.outline_auto, self.outline_sigma = _auto_or_number(
+            "outline σ", "outline σ (µm)", d.outline_sigma, MANUAL_OUTLINE_SIGMA, 0.1, 50
         )
-        self.outline_sigma = mw.FloatSpinBox(
-            label="outline σ (µm)",
-            value=MANUAL_OUTLINE_SIGMA if outline_auto else d.outline_sigma,
-            min=0.1,
-            max=50,
+        self.volume_auto, self.min_volume = _auto_or_number(
+            "min volume", "min volume", d.min_volume, 0.0, 0, 1e9
         )
-        self.outline_sigma.enabled = not outline_auto
-        self.outline_auto.changed.connect(lambda v: setattr(self.outline_sigma, "enabled", not v))
-        volume_auto = d.min_volume == "auto"
-        self.volume_auto = mw.CheckBox(label="min volume from the nuclei's size", value=volume_auto)
-        self.min_volume = mw.FloatSpinBox(
-            label="min volume", value=0.0 if volume_auto else d.min_volume, min=0, max=1e9
-        )
-        self.min_volume.enabled = not volume_auto
-        self.volume_auto.changed.connect(lambda v: setattr(self.min_volume, "enabled", not v))
         self.crf = mw.CheckBox(label="dense CRF before instances", value=d.crf)
         self.form = mw.Container(
             widgets=[
