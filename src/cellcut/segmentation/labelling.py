@@ -36,9 +36,9 @@ nuclei are 5-25 µm across), so that any of them lies whole in the block that ow
 
 SPOT_SIGMA_WINDOW = 160
 SPOT_SIGMA_MAX_WINDOWS = 8
+"""Windows (voxels per axis, how many) on which ``spot_sigma="auto"`` measures the nuclei."""
 IMAGE_RADIUS_CAP = 2.0
 """:func:`object_scale`: the image's radius counts for at most this many times the model's."""
-"""Windows (voxels per axis, how many) on which ``spot_sigma="auto"`` measures the nuclei."""
 
 
 @dataclass
