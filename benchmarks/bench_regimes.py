@@ -4,7 +4,8 @@
 Each regime of :data:`cellcut.synthetic.REGIMES` (light-sheet sparse, plant-tissue confocal
 dense and grainy, dim, packed, small, large, anisotropic, unevenly lit, saturated 8-bit, nuclei
 in a dim tissue body) is generated at scoring seeds (below 1000; the shipped model trains on
-seeds from 1000 with its own parameter draws), plus the real embryo volumes of ../shared/data where present. Per volume:
+seeds from 1000 with its own parameter draws), plus the real embryo volumes of ../shared/data
+where present. Per volume:
 
 - ``voronoi-otsu`` and ``watershed``: the classical methods on the raw image, automatic
   parameters (cellcut.postprocess with Otsu's threshold; the seed distance and speck floor
