@@ -25,8 +25,8 @@ from cellcut.outputs import atomic_output
 from cellcut.refinement.data import RefineVolume, prepare_volume
 from cellcut.refinement.targets import doubtful_objects, refine_targets
 from cellcut.runtime import resolve_device
-from cellcut.segmentation import estimate_spot_sigma, segment
-from cellcut.segmentation.labelling import object_scale
+from cellcut.segmentation import segment
+from cellcut.segmentation.labelling import instance_scale
 from cellcut.segmentation.predict import resolve_model
 from cellcut.training.data import is_path
 
@@ -112,8 +112,8 @@ def pseudo_labelled(
         fingerprint = measure(data, vs)  # once: the boundary axes and the denoising
         radius = fingerprint.object_radius
         if prob is not None:  # the scale the W-Net's instance step used, as segment does
-            _, model_radius = estimate_spot_sigma(prob, vs, fingerprint.outline_sigma())
-            radius = object_scale(radius, model_radius)
+            scale, _, _ = instance_scale(prob, vs, fingerprint, fingerprint.outline_sigma())
+            radius = scale.object_radius
         target = refine_targets(
             lab,
             prob,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from cellcut.blocks import Block, blocks, inner_faces, owned_objects, tiles
+from cellcut.fingerprint import Fingerprint
 from cellcut.postprocess import (
     OUTLINE_SIGMA,
     auto_spot_sigma,
@@ -67,6 +68,20 @@ def object_scale(image_radius: float | None, probability_radius: float | None) -
         return probability_radius if image_radius is None else image_radius
     capped = min(image_radius, IMAGE_RADIUS_CAP * probability_radius)
     return math.sqrt(capped * probability_radius)
+
+
+def instance_scale(
+    probability: Any,
+    voxel_size: Sequence[float] | None,
+    fingerprint: Fingerprint,
+    outline_sigma: float,
+) -> tuple[Fingerprint, float, float | None]:
+    """The scale the instance step works at: ``fingerprint`` with its radius replaced by
+    :func:`object_scale` of its own and the model foreground's (measured on ``probability``,
+    blurred by ``outline_sigma``), plus that measurement's (spot sigma, median radius)."""
+    spot_sigma, radius = estimate_spot_sigma(probability, voxel_size, outline_sigma)
+    scale = replace(fingerprint, object_radius=object_scale(fingerprint.object_radius, radius))
+    return scale, spot_sigma, radius
 
 
 def instance_halo(

@@ -46,10 +46,9 @@ from cellcut.postprocess import sigma_voxels
 from cellcut.runtime import limit_malloc_arenas, release_free_memory, resolve_device
 from cellcut.segmentation.labelling import (
     Labelling,
-    estimate_spot_sigma,
     instance_halo,
+    instance_scale,
     label_blocks,
-    object_scale,
     resolve_spot_sigma,
 )
 from cellcut.segmentation.predict import (
@@ -353,11 +352,12 @@ def _label(
     options = opts.instance_options()
     if options["outline_sigma"] == "auto":  # the image's scale: the model's is measured with it
         options["outline_sigma"] = fingerprint.outline_sigma()
-    spot_sigma, prob_radius = estimate_spot_sigma(prob, voxel_size, options["outline_sigma"])
+    scale, spot_sigma, prob_radius = instance_scale(
+        prob, voxel_size, fingerprint, options["outline_sigma"]
+    )
     auto_spot = options["spot_sigma"] == "auto" and interior is None
     if auto_spot:
         options["spot_sigma"] = spot_sigma  # measured once here, not again in label_blocks
-    scale = replace(fingerprint, object_radius=object_scale(fingerprint.object_radius, prob_radius))
     if options["min_volume"] == "auto":
         options["min_volume"] = scale.speck_volume()
     if options["min_distance"] == "auto":
