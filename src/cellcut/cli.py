@@ -66,6 +66,7 @@ _SEGMENT_FLAGS = {
     "min_volume": ("--min-volume", {"type": "number_or_auto"}),
     "max_volume": ("--max-volume", {"type": float}),
     "crf": ("--crf", {"action": "store_true"}),
+    "trim_halo": ("--trim-halo", {"choices": ("auto", "on", "off")}),
     "device": ("--device", {}),
     "channel": ("--channel", {"type": int}),
     "time": ("--time", {"type": int}),

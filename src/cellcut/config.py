@@ -33,7 +33,7 @@ from pydantic import (
 from cellcut.errors import CellcutError, ConfigError
 from cellcut.normalize import METHODS as NORMALIZATIONS
 from cellcut.outputs import atomic_output
-from cellcut.postprocess import DEFAULT_SPOT_SIGMA, METHODS, OUTLINE_SIGMA
+from cellcut.postprocess import DEFAULT_SPOT_SIGMA, HALO_TRIM_STEPS, METHODS, OUTLINE_SIGMA
 
 CONFIG_VERSION = 1
 
@@ -413,6 +413,14 @@ class SegmentOptions(_Section):
     max_volume: float | None = Field(
         None, gt=0, description="larger objects are removed (artifacts), µm³"
     )
+    trim_halo: bool | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "trim each nucleus to half its height over its surroundings in the image (a "
+            f"blur halo); 'auto': where the typical nucleus radius spans under "
+            f"{HALO_TRIM_STEPS:g} voxels of the coarsest axis"
+        ),
+    )
     crf: bool = Field(
         False,
         description="dense CRF on the foreground probability before instances (the W-Net "
@@ -467,6 +475,16 @@ class SegmentOptions(_Section):
     @classmethod
     def _non_negative_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
         return _number_or_auto(value, info.field_name, "a number >= 0", lambda v: v >= 0)
+
+    @field_validator("trim_halo", mode="before")
+    @classmethod
+    def _on_off_auto(cls, value: Any) -> Any:
+        words = {"on": True, "true": True, "off": False, "false": False, "auto": "auto"}
+        if isinstance(value, str) and value.lower() in words:
+            return words[value.lower()]
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"trim_halo must be auto, on or off, got {value!r}")
 
     @field_validator("window", "block", "halo")
     @classmethod

@@ -76,14 +76,17 @@ def test_local_cluster_of_two_workers_equals_one_process_on_256_cubed(tmp_path):
     assert len(labels_on_seams - {0}) >= 10  # and the result has cells across them
 
 
-def test_cluster_result_equals_one_process_with_crf_and_an_array_input(tmp_path, client):
+def test_cluster_result_equals_one_process_with_crf_trimming_and_an_array_input(tmp_path, client):
     v = make_nuclei_volume((40, 64, 64), seed=3, voxel_size=(1.5, 1, 1), radius_um=(3, 5))
     model = untrained_model(tmp_path / "m.pt")
-    settings = dict(model=model, block=24, window=16, voxel_size=v.voxel_size, crf=True)
+    settings = dict(
+        model=model, block=24, window=16, voxel_size=v.voxel_size, crf=True, trim_halo="on"
+    )
     one = segment(v.image, None, **settings)
     two = segment(v.image, None, cluster=client, scratch=tmp_path / "scratch", **settings)
     assert np.array_equal(one.probability, two.probability)
     assert np.array_equal(one.labels, two.labels)
+    assert one.summary["trim_halo"] is two.summary["trim_halo"] is True
     assert list((tmp_path / "scratch").iterdir()) == []  # the scratch arrays are removed
 
 

@@ -212,3 +212,27 @@ def test_denoise_blockwise_equals_blurring_the_whole_volume(trained):
     np.testing.assert_allclose(ours.probability, whole.probability, atol=1e-5)
     assert np.abs(ours.probability - plain.probability).max() > 0.01  # the blur took effect
     assert ours.summary["denoise"] == 1.5 and plain.summary["denoise"] == 0.0
+
+
+def test_block_labelling_with_the_halo_trimmed_equals_one_piece():
+    v = make_nuclei_volume(
+        (24, 96, 96), seed=5, voxel_size=(3.0, 1.0, 1.0), radius_um=(2.5, 3.0),
+        psf_sigma_um=(2.5, 0.6, 0.6),
+    )  # fmt: skip
+    from scipy import ndimage as ndi
+
+    prob = ndi.binary_dilation(v.labels > 0, np.ones((3, 1, 1))).astype(np.float32)  # z-halo
+    runs = []
+    for block in ((24, 96, 96), (12, 40, 40)):
+        out = np.zeros(prob.shape, np.int32)
+        labelling = label_blocks(
+            prob, out, method="watershed", voxel_size=v.voxel_size, block=block,
+            halo=(8, 16, 16), image=v.image, trim_radius=2.75, min_distance=1.4,
+        )  # fmt: skip
+        assert labelling.trimmed
+        runs.append(out)
+    assert np.array_equal(runs[0] > 0, runs[1] > 0)
+    n = len(np.unique(runs[0])) - 1
+    matches = match_instances(runs[0], runs[1], thresholds=(0.999,))[0]
+    assert n > 20 and matches.tp == n and matches.fp == 0 and matches.fn == 0
+    assert (runs[0] > 0).sum() < 0.8 * (prob > 0).sum()  # the halo went

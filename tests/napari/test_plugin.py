@@ -181,6 +181,7 @@ def test_widgets_start_from_the_library_defaults(viewer):
     assert seg.spot_auto.value == (SEGMENT_DEFAULTS.spot_sigma == "auto")
     assert seg.outline_auto.value == (SEGMENT_DEFAULTS.outline_sigma == "auto")
     assert seg.volume_auto.value == (SEGMENT_DEFAULTS.min_volume == "auto")
+    assert seg.trim.value == SEGMENT_DEFAULTS.trim_halo
     form = apply_overrides(TrainConfig(), TrainWidget(viewer).settings())
     default = TrainConfig()
     assert form.model == default.model and form.loss == default.loss

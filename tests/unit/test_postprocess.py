@@ -110,3 +110,53 @@ def test_object_scale_is_the_capped_geometric_mean_of_both_estimates():
     assert object_scale(40.0, 3.0) == object_scale(6.0, 3.0)  # the cap, however far off
     assert object_scale(None, 3.0) == 3.0 and object_scale(5.0, None) == 5.0
     assert object_scale(None, None) is None
+
+
+def test_trims_halo_only_where_the_radius_spans_few_coarse_steps():
+    from cellcut.postprocess import HALO_TRIM_STEPS, trims_halo
+
+    assert trims_halo(3.0, (3.0, 1.0, 1.0))  # small nuclei, 3 µm z-steps: one step
+    assert not trims_halo(12.0, (2.18, 1.0, 1.0))  # embryo nuclei: 5.5 z-steps
+    assert trims_halo(HALO_TRIM_STEPS - 0.1, None) and not trims_halo(HALO_TRIM_STEPS, None)
+    assert not trims_halo(None, (3.0, 1.0, 1.0))
+
+
+def _blurred_slab(height: float) -> tuple[np.ndarray, np.ndarray]:
+    """A nucleus two z-steps tall (slices 10-11) of ``height`` over a background of 10, blurred
+    as on the small-nuclei regime (σ 0.8 z-steps, 0.6 voxels in y, x); and a model's outline
+    of it four steps tall."""
+    from scipy import ndimage as ndi
+
+    truth = np.zeros((22, 20, 20), np.float32)
+    truth[10:12, 6:14, 6:14] = 1.0
+    image = 10.0 + height * ndi.gaussian_filter(truth, (0.8, 0.6, 0.6))
+    outline = np.zeros(truth.shape, np.int32)
+    outline[9:13, 5:15, 5:15] = 1
+    return image, outline
+
+
+def test_trim_halo_keeps_the_half_height_of_a_blurred_nucleus():
+    from cellcut.postprocess import trim_halo
+
+    image, outline = _blurred_slab(100.0)
+    trimmed = trim_halo(outline, image, 2.0, (1.0, 1.0, 1.0))
+    zs = np.flatnonzero(trimmed.any(axis=(1, 2)))
+    assert zs.tolist() == [10, 11]  # the blur slices (9 and 12) go, the nucleus stays
+    ys = np.flatnonzero(trimmed[10].any(axis=1))
+    assert ys.tolist() == list(range(6, 14))  # and its own rows in y
+    assert set(np.unique(trimmed)) == {0, 1}  # the id is kept
+    # the same image 50 times brighter, on another background: the same voxels
+    bright = trim_halo(outline, image * 50 + 300, 2.0, (1.0, 1.0, 1.0))
+    assert np.array_equal(bright, trimmed)
+
+
+def test_trim_halo_fills_holes_and_never_empties_an_object():
+    from cellcut.postprocess import trim_halo
+
+    image, outline = _blurred_slab(100.0)
+    image[10:12, 9:11, 9:11] = 10.0  # a dark hole in the nucleus (texture)
+    trimmed = trim_halo(outline, image, 2.0, (1.0, 1.0, 1.0))
+    assert trimmed[10:12, 9:11, 9:11].all()
+    flat = np.full(outline.shape, 10.0, np.float32)  # an object no brighter than around it
+    assert np.array_equal(trim_halo(outline, flat, 2.0, (1.0, 1.0, 1.0)), outline)
+    assert trim_halo(np.zeros_like(outline), image, 2.0).max() == 0

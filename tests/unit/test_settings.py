@@ -51,6 +51,7 @@ def test_instance_choices_come_from_postprocess():
         ("denoise", -0.5, "denoise must be a number >= 0 or 'auto', got -0.5"),
         ("denoise", "strong", "denoise must be a number >= 0 or 'auto'"),
         ("instances", "magic", "instances: Input should be"),
+        ("trim_halo", "sometimes", "trim_halo must be auto, on or off, got 'sometimes'"),
     ],
 )
 def test_bad_settings_fail_with_the_field_named(setting, value, message):

@@ -33,6 +33,7 @@ from cellcut.config import (
     SEGMENT_DEFAULTS,
     DataConfig,
     LossConfig,
+    SegmentOptions,
     TrainConfig,
 )
 from cellcut.errors import CellcutError
@@ -567,6 +568,12 @@ class SegmentWidget(QWidget):
             "min volume", "min volume", d.min_volume, 0.0, 0, 1e9
         )
         self.crf = mw.CheckBox(label="dense CRF before instances", value=d.crf)
+        self.trim = mw.ComboBox(
+            label="trim blur halo",
+            choices=[("auto", "auto"), ("on", True), ("off", False)],
+            value=d.trim_halo,
+            tooltip=SegmentOptions.model_fields["trim_halo"].description,
+        )
         self.form = mw.Container(
             widgets=[
                 self.image,
@@ -582,6 +589,7 @@ class SegmentWidget(QWidget):
                 self.volume_auto,
                 self.min_volume,
                 self.crf,
+                self.trim,
             ]
         )
         self.run_button = QPushButton("Segment")
@@ -650,6 +658,7 @@ class SegmentWidget(QWidget):
             outline_sigma="auto" if self.outline_auto.value else self.outline_sigma.value,
             min_volume="auto" if self.volume_auto.value else self.min_volume.value,
             crf=self.crf.value,
+            trim_halo=self.trim.value,
             keep_in_memory=True,
             progress=lambda stage, done, total: self.mailbox.queue.put((stage, done, total)),
         )

@@ -227,13 +227,17 @@ class ClusterRun:
         halo: Sequence[int],
         progress: Progress | None,
         options: dict[str, Any],
+        trim_radius: float | None = None,
     ) -> tuple[int, dict[str, int]]:
         """Waves 2 and 3: instance labels into the array at ``out``; returns (objects, blocks
-        per method used)."""
+        per method used). ``trim_radius``: objects trimmed to the input image
+        (:func:`cellcut.postprocess.trim_halo`)."""
         grid = blocks(shape, block, halo)
         pieces = self.scratch / "pieces"
         pieces.mkdir(exist_ok=True)
         settings = {"method": method, "voxel_size": voxel_size, "options": options}
+        if trim_radius is not None:
+            settings.update(source=self.source, trim_radius=trim_radius)
         tasks = {
             i: (_label_task, probability, interior, blk, shape, settings, str(pieces / f"{i}.zarr"))
             for i, blk in enumerate(grid)
@@ -430,6 +434,8 @@ def _label_task(
         method=settings["method"],
         voxel_size=settings["voxel_size"],
         interior=None if interior is None else zarr.open_array(interior, mode="r"),
+        image=_input(settings["source"]) if "source" in settings else None,
+        trim_radius=settings.get("trim_radius"),
         **settings["options"],
     )
     if not n:

@@ -26,6 +26,7 @@ from cellcut.postprocess import (
     object_radii,
     relabel,
     sigma_voxels,
+    trim_halo,
 )
 from cellcut.segmentation.statistics import centroids, label_moments
 
@@ -54,6 +55,7 @@ class Labelling:
     chosen: dict[str, int] = field(default_factory=dict)  # method "auto": blocks per method
     object_radius: float | None = None  # the scale its size floor and seed distance came from
     outline_sigma: float | None = None
+    trimmed: bool = False  # each object trimmed to the image's half height (trim_halo)
 
 
 def object_scale(image_radius: float | None, probability_radius: float | None) -> float | None:
@@ -130,11 +132,15 @@ def label_blocks(
     halo: Sequence[int],
     progress: Progress | None = None,
     interior: Any | None = None,
+    image: Any | None = None,
+    trim_radius: float | None = None,
     **options: Any,
 ) -> Labelling:
     """Instance labels of a probability map written into ``out`` (zero-initialised), block by
     block; ``options`` go to :func:`cellcut.postprocess.instances`. ``interior``: a refined
     model's interior probability, which ``auto`` and ``seeded`` grow over the foreground.
+    ``image`` and ``trim_radius`` (the typical nucleus radius): each block's objects trimmed
+    to the image (:func:`cellcut.postprocess.trim_halo`) before the block keeps those it owns.
 
     Voronoi-Otsu's ``spot_sigma="auto"`` (the default) is measured once for the whole volume
     (:func:`estimate_spot_sigma`): one blur for every block, or block-wise and one-piece
@@ -148,7 +154,7 @@ def label_blocks(
     for i, blk in enumerate(grid):
         local, n, chosen = label_block(
             probability, blk, shape, method=method, voxel_size=voxel_size, interior=interior,
-            **options,
+            image=image, trim_radius=trim_radius, **options,
         )  # fmt: skip
         if method in ("auto", "seeded"):
             result.chosen[chosen] = result.chosen.get(chosen, 0) + 1
@@ -161,6 +167,7 @@ def label_blocks(
         if progress is not None:
             progress("instances", i + 1, len(grid))
     result.n_objects = next_id - 1
+    result.trimmed = image is not None and trim_radius is not None
     return result
 
 
@@ -201,11 +208,14 @@ def label_block(
     method: str,
     voxel_size: Sequence[float] | None,
     interior: Any | None = None,
+    image: Any | None = None,
+    trim_radius: float | None = None,
     **options: Any,
 ) -> tuple[np.ndarray, int, str]:
     """One block's instances over its outer region: the objects it owns
     (:func:`cellcut.blocks.owned_objects`) numbered 1..n in the order of the local labelling,
-    the others 0. Returns (labels, n, the method used)."""
+    the others 0; with ``image`` and ``trim_radius``, trimmed to the image first
+    (:func:`cellcut.postprocess.trim_halo`). Returns (labels, n, the method used)."""
     prob = np.asarray(probability[blk.outer], dtype=np.float32)
     if interior is not None and method in ("auto", "seeded"):
         inner = np.asarray(interior[blk.outer], dtype=np.float32)
@@ -222,6 +232,8 @@ def label_block(
     n = int(local.max())
     if not n:
         return local, 0, chosen
+    if image is not None and trim_radius is not None:
+        local = trim_halo(local, np.asarray(image[blk.outer]), trim_radius, voxel_size)
     own = owned_objects(local, centroids(label_moments(local)), blk, shape)
     lut = np.zeros(n + 1, dtype=np.int32)
     kept = np.flatnonzero(own)

@@ -42,7 +42,7 @@ from cellcut.io import (
 from cellcut.model import LoadedModel, resolve_model_path
 from cellcut.normalize import fit_normalization
 from cellcut.outputs import OutputSet, check_writable, split_location, workspace_folder
-from cellcut.postprocess import sigma_voxels
+from cellcut.postprocess import sigma_voxels, trims_halo
 from cellcut.runtime import limit_malloc_arenas, release_free_memory, resolve_device
 from cellcut.segmentation.labelling import (
     Labelling,
@@ -220,8 +220,9 @@ def _segment_volume(
         else:
             labels = work.new("labels", np.int32)
             labelling = _label(
-                prob, labels, opts, voxel_size, fingerprint, progress, interior, run, work
-            )
+                prob, labels, opts, voxel_size, fingerprint, progress, interior, run, work,
+                vol.data,
+            )  # fmt: skip
             rows, summary = cell_statistics(labels, vol.data, voxel_size, block)
             summary.update(_labelling_summary(opts, labelling))
             summary["fingerprint"] = fingerprint.to_dict()
@@ -347,6 +348,7 @@ def _label(
     interior: Any | None = None,
     run: Any | None = None,
     work: _Workspace | None = None,
+    image: Any | None = None,
 ) -> Labelling:
     halo = opts.triple("halo") or instance_halo(opts.triple("window"), voxel_size)
     options = opts.instance_options()
@@ -364,19 +366,25 @@ def _label(
         options["min_distance"] = scale.seed_distance()
     if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
         options["object_radius"] = scale.object_radius
+    trim = opts.trim_halo
+    if trim == "auto":
+        trim = trims_halo(scale.object_radius, voxel_size)
+    trim_radius = scale.object_radius if trim and image is not None else None
     settings = {"method": opts.instances, "voxel_size": voxel_size, "block": opts.triple("block")}
     if run is None:
         labelling = label_blocks(
-            prob, labels, halo=halo, progress=progress, interior=interior, **settings, **options
-        )
+            prob, labels, halo=halo, progress=progress, interior=interior, image=image,
+            trim_radius=trim_radius, **settings, **options,
+        )  # fmt: skip
     else:  # the same, on the cluster's workers
         labelling = Labelling(0)
         options = resolve_spot_sigma(prob, opts.instances, voxel_size, interior, options, labelling)
         labelling.n_objects, labelling.chosen = run.label(
             prob.shape, work.path(work.final), None if interior is None else
             work.path("interior"), work.path("labels"), halo=halo, progress=progress,
-            options=options, **settings,
+            options=options, trim_radius=trim_radius, **settings,
         )  # fmt: skip
+        labelling.trimmed = trim_radius is not None
     labelling.min_volume = float(options["min_volume"])
     labelling.min_distance = float(options["min_distance"])
     labelling.object_radius = scale.object_radius
@@ -464,6 +472,7 @@ def _labelling_summary(opts: SegmentOptions, labelling: Labelling) -> dict[str, 
         "instances": opts.instances,
         "object_radius": labelling.object_radius,
         "min_volume": labelling.min_volume,
+        "trim_halo": labelling.trimmed,
     }
     if labelling.chosen:
         summary["instances_chosen"] = dict(labelling.chosen)
