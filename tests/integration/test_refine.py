@@ -74,6 +74,36 @@ def test_targets_are_drawn_at_the_scale_of_the_wnet_instance_step(tmp_path, data
     assert expected is not None and seen["radius"] == pytest.approx(expected)
 
 
+def test_targets_keep_the_wnet_outline_where_segment_trims_its_halo(tmp_path, monkeypatch):
+    """On small nuclei, segment() trims the W-Net's objects to the image (trim_halo); refine
+    learns from the untrimmed outline (a refined model that learned the trimmed one merged
+    touching nuclei), and segmenting with the refined model trims as with the W-Net."""
+    import cellcut.refinement.sources as sources
+    from cellcut.postprocess import trims_halo
+    from cellcut.synthetic import regime_volume
+
+    v = regime_volume("small-nuclei", 1)
+    image = v.image[:, :64, :64]
+    seen = {}
+    real = sources.refine_targets
+
+    def spy(labels, *args, **kwargs):
+        seen["labels"] = labels
+        return real(labels, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "refine_targets", spy)
+    run = refine([image], tmp_path / "run", steps=1, voxel_size=v.voxel_size, **TINY)
+    trimmed = segment(image, None, voxel_size=v.voxel_size)
+    untrimmed = segment(image, None, voxel_size=v.voxel_size, trim_halo="off")
+    assert trimmed.summary["trim_halo"] and not untrimmed.summary["trim_halo"]
+    assert (trimmed.labels > 0).sum() < 0.8 * (untrimmed.labels > 0).sum()
+    assert np.array_equal(seen["labels"] > 0, untrimmed.labels > 0)
+    refined = segment(image, None, model=run.run_dir, voxel_size=v.voxel_size, trim_halo="on")
+    assert refined.summary["trim_halo"] is True  # the refined model's objects can be trimmed
+    auto = segment(image, None, model=run.run_dir, voxel_size=v.voxel_size)
+    assert auto.summary["trim_halo"] == trims_halo(auto.summary["object_radius"], v.voxel_size)
+
+
 def test_resume_continues_the_same_run(tmp_path, data):
     folder, _ = data
     out = tmp_path / "run"

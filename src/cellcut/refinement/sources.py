@@ -154,9 +154,13 @@ def _instances(
         lab, prob = (np.load(p) for p in paths)
         if lab.shape == prob.shape == data.shape:
             return lab, prob
+    # the W-Net's own outline, halo untrimmed: learning the trimmed one, refined models merged
+    # touching nuclei (light-sheet regime: 59 objects for 101); segmenting with a refined
+    # model trims as with the W-Net (trim_halo)
     result = segment(
-        data, None, model=wnet, voxel_size=voxel_size, device=cfg.device, keep_in_memory=True
-    )
+        data, None, model=wnet, voxel_size=voxel_size, device=cfg.device, keep_in_memory=True,
+        trim_halo=False,
+    )  # fmt: skip
     assert result.labels is not None and result.probability is not None
     stem.parent.mkdir(parents=True, exist_ok=True)
     for path, array in zip(paths, (result.labels, result.probability), strict=True):
