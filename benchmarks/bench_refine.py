@@ -144,7 +144,7 @@ def names(regimes, seeds, embryo: bool, variants) -> list[str]:
     return out
 
 
-def plot(rows: dict, path: Path) -> None:
+def plot(rows: dict, path: Path, budget: str = "5 min, 2 threads") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +161,7 @@ def plot(rows: dict, path: Path) -> None:
     ax.set_ylabel("instance F1 @ IoU 0.5")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title("cellcut refine (5 min, 2 threads) against its W-Net, per volume")
+    ax.set_title(f"cellcut refine ({budget}) against its W-Net, per volume")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -225,7 +225,8 @@ def main() -> None:
     print(harness.table(table, ["volume", *[f"{s} F1/Dice" for s in sides], "ΔF1", "steps"]))
     if deltas:
         print(f"mean ΔF1 {result['mean_f1_gain']:+.3f}, worst {result['worst_f1_change']:+.3f}")
-    plot(rows, harness.ROOT / "docs" / f"{args.out}.png")
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min, 2 threads"
+    plot(rows, harness.ROOT / "docs" / f"{args.out}.png", f"{budget}, {args.device}")
 
 
 if __name__ == "__main__":
