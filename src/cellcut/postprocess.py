@@ -310,27 +310,12 @@ def trims_halo(object_radius: float | None, voxel_size: Sequence[float] | None) 
     return object_radius / max(voxel_size or (1.0,)) < HALO_TRIM_STEPS
 
 
-def _label_percentile(values: np.ndarray, labels: np.ndarray, n: int, q: float) -> np.ndarray:
-    """The ``q``-th percentile (nearest rank) of ``values`` over each label 1..n; NaN where a
-    label has no voxel."""
-    inside = labels > 0
-    lab, val = labels[inside], values[inside]
-    order = np.lexsort((val, lab))
-    lab, val = lab[order], val[order]
-    counts = np.bincount(lab, minlength=n + 1)[1 : n + 1]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    out = np.full(n, np.nan, dtype=np.float32)
-    has = counts > 0
-    rank = np.round(q / 100.0 * (counts - 1)).astype(np.int64)
-    out[has] = val[(starts + rank)[has]]
-    return out
-
-
 def trim_halo(
     labels: np.ndarray,
     image: np.ndarray,
     radius: float,
     voxel_size: Sequence[float] | None = None,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Trim each object of ``labels`` to the voxels where ``image`` stands at or above half
     its height over its surroundings (:data:`TRIM_HEIGHT`), holes filled (in 3D and in each
@@ -339,36 +324,54 @@ def trim_halo(
     ``image`` is smoothed by :data:`TRIM_SMOOTHING` of the typical nucleus ``radius`` (µm, or
     voxels without a voxel size). An object's height is the :data:`TRIM_PEAK_PERCENTILE`
     percentile of the smoothed image over it; its surroundings, the median over the voxels
-    within one radius that no object holds and that lie nearer to it than to any other (the
-    median outside every object where there are none). An object no brighter than its
-    surroundings is kept whole, so no object vanishes.
+    that no object holds in its bounding box grown by one radius (the median outside every
+    object where there are none). An object no brighter than its surroundings is kept whole,
+    so no object vanishes. ``overwrite``: the result is written into ``labels`` (int32) and
+    the blur into ``image`` (float32), which then hold no extra copy of the block.
     """
     labels = np.asarray(labels)
-    n = int(labels.max(initial=0))
-    if n == 0:
-        return labels.astype(np.int32, copy=True)
+    in_place = overwrite and labels.dtype == np.int32 and labels.flags.writeable
+    out = labels if in_place else np.array(labels, dtype=np.int32)
+    boxes = ndi.find_objects(out)
+    if not any(box is not None for box in boxes):
+        return out
     vs = tuple(voxel_size) if voxel_size else (1.0, 1.0, 1.0)
-    smooth = ndi.gaussian_filter(
-        np.asarray(image, dtype=np.float32), sigma_voxels(TRIM_SMOOTHING * radius, vs)
-    )
-    height = _label_percentile(smooth, labels, n, TRIM_PEAK_PERCENTILE)
-    free = labels == 0  # each free voxel within one radius belongs to its nearest object
-    distance, nearest = ndi.distance_transform_edt(free, sampling=vs, return_indices=True)
-    ring = np.where(free & (distance <= radius), labels[tuple(nearest)], 0)
-    del distance, nearest
-    around = _label_percentile(smooth, ring, n, 50.0)
-    outside = smooth[labels == 0]
-    around = np.where(np.isnan(around), np.median(outside) if outside.size else 0.0, around)
-    level = np.where(height > around, around + TRIM_HEIGHT * (height - around), -np.inf)
-    lut = np.concatenate([[np.inf], level]).astype(np.float32)
-    out = np.where(smooth >= lut[labels], labels, 0).astype(np.int32)
+    sigma = sigma_voxels(TRIM_SMOOTHING * radius, vs)
+    pixels = np.asarray(image)
+    if overwrite and pixels.dtype == np.float32 and pixels.flags.writeable:
+        smooth = ndi.gaussian_filter(pixels, sigma, output=pixels)  # exact in place
+    else:
+        smooth = ndi.gaussian_filter(pixels.astype(np.float32, copy=False), sigma)
+    reach = [max(1, round(radius / v)) for v in vs]
+    levels = {}  # first every object's level, on the untrimmed labels; then the trim
+    outside: float | None = None  # the median outside every object, when first needed
+    for i, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        grown = tuple(
+            slice(max(0, b.start - r), min(n, b.stop + r))
+            for b, r, n in zip(box, reach, out.shape, strict=True)
+        )
+        lab, sm = out[grown], smooth[grown]
+        height = np.percentile(sm[lab == i], TRIM_PEAK_PERCENTILE, method="nearest")
+        free = sm[lab == 0]
+        if free.size:
+            around = float(np.median(free))
+        else:
+            if outside is None:
+                rest = smooth[out == 0]
+                outside = float(np.median(rest)) if rest.size else 0.0
+            around = outside
+        if height > around:  # else no brighter than around it: kept whole
+            levels[i] = around + TRIM_HEIGHT * (height - around)
     plane = np.zeros((1, 3, 3), dtype=bool)
     plane[0, 1, :] = plane[0, :, 1] = True
-    for i, box in enumerate(ndi.find_objects(out), start=1):
-        if box is not None:  # holes in 3D, and in each z-plane (a thin nucleus has no inside)
-            kept = out[box] == i
-            filled = ndi.binary_fill_holes(kept) | ndi.binary_fill_holes(kept, plane)
-            out[box][filled & (labels[box] == i)] = i
+    for i, level in levels.items():
+        box = boxes[i - 1]
+        inside = out[box] == i
+        kept = inside & (smooth[box] >= level)
+        kept = (ndi.binary_fill_holes(kept) | ndi.binary_fill_holes(kept, plane)) & inside
+        out[box][inside & ~kept] = 0
     return out
 
 

@@ -222,14 +222,17 @@ def test_block_labelling_with_the_halo_trimmed_equals_one_piece():
     from scipy import ndimage as ndi
 
     prob = ndi.binary_dilation(v.labels > 0, np.ones((3, 1, 1))).astype(np.float32)  # z-halo
+    image = v.image.astype(np.float32)
+    untouched = image.copy()
     runs = []
     for block in ((24, 96, 96), (12, 40, 40)):
         out = np.zeros(prob.shape, np.int32)
         labelling = label_blocks(
             prob, out, method="watershed", voxel_size=v.voxel_size, block=block,
-            halo=(8, 16, 16), image=v.image, trim_radius=2.75, min_distance=1.4,
+            halo=(8, 16, 16), image=image, trim_radius=2.75, min_distance=1.4,
         )  # fmt: skip
         assert labelling.trimmed
+        assert np.array_equal(image, untouched)  # the input is read, never blurred in place
         runs.append(out)
     assert np.array_equal(runs[0] > 0, runs[1] > 0)
     n = len(np.unique(runs[0])) - 1

@@ -160,3 +160,16 @@ def test_trim_halo_fills_holes_and_never_empties_an_object():
     flat = np.full(outline.shape, 10.0, np.float32)  # an object no brighter than around it
     assert np.array_equal(trim_halo(outline, flat, 2.0, (1.0, 1.0, 1.0)), outline)
     assert trim_halo(np.zeros_like(outline), image, 2.0).max() == 0
+
+
+def test_trim_halo_in_place_equals_a_copy_and_leaves_inputs_alone_otherwise():
+    from cellcut.postprocess import trim_halo
+
+    image, outline = _blurred_slab(100.0)
+    image = image.astype(np.float32)
+    kept_image, kept_outline = image.copy(), outline.copy()
+    copied = trim_halo(outline, image, 2.0, (1.0, 1.0, 1.0))
+    assert np.array_equal(image, kept_image) and np.array_equal(outline, kept_outline)
+    inplace = trim_halo(outline, image, 2.0, (1.0, 1.0, 1.0), overwrite=True)
+    assert inplace is outline and np.array_equal(inplace, copied)
+    assert not np.array_equal(image, kept_image)  # the blur went into the image's memory

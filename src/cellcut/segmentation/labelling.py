@@ -232,8 +232,11 @@ def label_block(
     n = int(local.max())
     if not n:
         return local, 0, chosen
-    if image is not None and trim_radius is not None:
-        local = trim_halo(local, np.asarray(image[blk.outer]), trim_radius, voxel_size)
+    if image is not None and trim_radius is not None:  # a copy of the block, never the input
+        read = np.array if isinstance(image, np.ndarray) else np.asarray
+        pixels = read(image[blk.outer], dtype=np.float32)
+        local = trim_halo(local, pixels, trim_radius, voxel_size, overwrite=True)
+        del pixels
     own = owned_objects(local, centroids(label_moments(local)), blk, shape)
     lut = np.zeros(n + 1, dtype=np.int32)
     kept = np.flatnonzero(own)
