@@ -1,9 +1,10 @@
 """What a refinement learns from: images, and the instances that become their targets.
 
 The instances come from a W-Net (``cellcut segment`` with its default settings, so the refined
-model learns from what the W-Net would give the user) or from labels given. The W-Net's
-instances and probabilities are kept in the run folder (``pseudo-labels/``), so that
-``--resume`` continues on the same targets without segmenting again.
+model learns from what the W-Net would give the user, except the blur-halo trim: the refined
+model learns the W-Net's own outline, and its own segmentation trims) or from labels given.
+The W-Net's instances and probabilities are kept in the run folder (``pseudo-labels/``), so
+that ``--resume`` continues on the same targets without segmenting again.
 """
 
 from __future__ import annotations
