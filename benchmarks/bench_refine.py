@@ -25,6 +25,10 @@ Usage::
 
     .venv/bin/python benchmarks/bench_refine.py [--minutes 5 | --steps N] [--regimes ...] [--jobs 1]
 
+``--keep DIR`` keeps each refined model (without its optimizer state) in ``DIR/NAME``;
+``--rescore DIR --out NAME`` trains nothing and scores those models again with the current
+instance step, replacing the refined columns of ``NAME.json`` (the W-Net's stay the run's).
+
 Prints a table, writes ``benchmarks/results/refine.json`` and ``docs/refine.png``.
 """
 
@@ -70,10 +74,29 @@ def score(truth, labels) -> dict:
     return {"f1": round(e.f1_50, 4), "dice": round(e.dice, 4), "n_pred": int(labels.max())}
 
 
+def keep_model(run_dir: Path, folder: Path) -> None:
+    """A copy of a refined model without its optimizer state (a third of the file): enough to
+    segment with, not to resume."""
+    import torch
+
+    from cellcut.model.checkpoint import CHECKPOINT_NAME
+
+    data = torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    data.pop("optimizer", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(data, folder / CHECKPOINT_NAME)
+
+
 def one_volume(
-    name: str, minutes: float | None, model: str, device: str, steps: int | None = None
+    name: str,
+    minutes: float | None,
+    model: str,
+    device: str,
+    steps: int | None = None,
+    keep: str | None = None,
 ) -> dict:
-    """W-Net zero-shot and refined scores of one volume (runs in its own process)."""
+    """W-Net zero-shot and refined scores of one volume (runs in its own process); with
+    ``keep``, the refined model is kept in ``keep/NAME`` (``/`` and ``+`` as ``_``)."""
     import torch
 
     from cellcut.refinement import refine
@@ -93,6 +116,8 @@ def one_volume(
             steps=steps, device=device, progress=False, plots=False,
         )  # fmt: skip
         total = time.perf_counter() - t0
+        if keep:
+            keep_model(Path(run.run_dir), Path(keep) / name.replace("/", "_").replace("+", "_"))
         refined = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device)
         crf = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device,
                       crf=True)  # fmt: skip
@@ -103,6 +128,28 @@ def one_volume(
         "targets_s": round(total - run.elapsed_s, 1),
     }
     return row
+
+
+def rescore_volume(name: str, folder: str) -> dict:
+    """The refined columns of one volume again, from a model kept by ``--keep``."""
+    import torch
+
+    from cellcut.segmentation import segment
+
+    torch.set_num_threads(harness.THREADS)
+    image, truth, voxel_size = load(name)
+    model = Path(folder) / name.replace("/", "_").replace("+", "_")
+    refined = segment(image, None, model=model, voxel_size=voxel_size)
+    crf = segment(image, None, model=model, voxel_size=voxel_size, crf=True)
+    return {"refined": score(truth, refined.labels), "refined+crf": score(truth, crf.labels)}
+
+
+def summarize(result: dict) -> None:
+    """Mean and worst F1 change of the refined model over its W-Net, into ``result``."""
+    deltas = [r["refined"]["f1"] - r["wnet"]["f1"] for r in result["rows"].values()]
+    if deltas:
+        result["mean_f1_gain"] = round(sum(deltas) / len(deltas), 4)
+        result["worst_f1_change"] = round(min(deltas), 4)
 
 
 def speed(model: str, device: str) -> dict:
@@ -189,7 +236,20 @@ def main() -> None:
     ap.add_argument("--no-embryo", action="store_true")
     ap.add_argument("--speed", action="store_true", help="also measure inference speed")
     ap.add_argument("--out", default="refine", help="results name (benchmarks/results/NAME.json)")
+    ap.add_argument(
+        "--keep", default=None, help="keep each refined model (no optimizer state) in KEEP/NAME"
+    )
+    ap.add_argument(
+        "--rescore",
+        default=None,
+        metavar="KEEP",
+        help="train nothing: score the models kept in KEEP (by --keep) again with the current "
+        "instance step, replacing the refined columns of benchmarks/results/OUT.json",
+    )
     args = ap.parse_args()
+    if args.rescore:
+        rescore(args.out, args.rescore)
+        return
 
     todo = names(args.regimes, args.seeds, not args.no_embryo, args.variants)
     minutes = None if args.steps else args.minutes
@@ -198,7 +258,7 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")  # no state (or CUDA) shared with the parent
     with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
         futures = {
-            pool.submit(one_volume, n, minutes, args.model, args.device, args.steps): n
+            pool.submit(one_volume, n, minutes, args.model, args.device, args.steps, args.keep): n
             for n in todo
         }
         result = {"minutes": minutes, "steps": args.steps, "model": args.model,
@@ -211,11 +271,14 @@ def main() -> None:
     if args.speed:
         result["speed"] = speed(args.model, args.device)
         print("speed:", result["speed"])
-    deltas = [r["refined"]["f1"] - r["wnet"]["f1"] for r in rows.values()]
-    if deltas:
-        result["mean_f1_gain"] = round(sum(deltas) / len(deltas), 4)
-        result["worst_f1_change"] = round(min(deltas), 4)
+    summarize(result)
     harness.write_json(args.out, result)
+    report(result, args.out)
+
+
+def report(result: dict, out: str) -> None:
+    """Print the table and draw the plot of a results file."""
+    rows = result["rows"]
     sides = ("wnet", "wnet+crf", "refined", "refined+crf")
     table = [
         [name, *[f"{r[s]['f1']:.2f}/{r[s]['dice']:.2f}" for s in sides],
@@ -223,10 +286,29 @@ def main() -> None:
         for name, r in rows.items()
     ]  # fmt: skip
     print(harness.table(table, ["volume", *[f"{s} F1/Dice" for s in sides], "ΔF1", "steps"]))
-    if deltas:
+    if "mean_f1_gain" in result:
         print(f"mean ΔF1 {result['mean_f1_gain']:+.3f}, worst {result['worst_f1_change']:+.3f}")
-    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min, 2 threads"
-    plot(rows, harness.ROOT / "docs" / f"{args.out}.png", f"{budget}, {args.device}")
+    steps = result.get("steps")
+    budget = f"{steps} steps" if steps else f"{result.get('minutes'):g} min, 2 threads"
+    plot(rows, harness.ROOT / "docs" / f"{out}.png", f"{budget}, {result.get('device')}")
+
+
+def rescore(out: str, folder: str) -> None:
+    """``--rescore``: the refined columns of ``results/OUT.json`` again, from kept models, on
+    this machine; the W-Net columns, steps and target times stay those of the run."""
+    import json
+
+    path = harness.RESULTS / f"{out}.json"
+    result = json.loads(path.read_text())
+    for name, row in result["rows"].items():
+        new = rescore_volume(name, folder)
+        row["refined"].update(new["refined"])
+        row["refined+crf"] = new["refined+crf"]
+        print(f"{name}: {new}", flush=True)
+    result["rescored"] = {"machine": harness.machine(), "models": str(folder)}
+    summarize(result)
+    harness.write_json(out, result)
+    report(result, out)
 
 
 if __name__ == "__main__":

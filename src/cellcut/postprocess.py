@@ -248,6 +248,12 @@ def cross(axes: Sequence[bool]) -> np.ndarray:
     return se
 
 
+SURE_FOREGROUND = 0.7
+""":func:`seeded_watershed` grows interiors past their one-voxel boundary through voxels of at
+least this foreground probability: the upper edge of the band that refine's targets ignore
+(:mod:`cellcut.refinement.targets`), where the W-Net was sure."""
+
+
 def seeded_watershed(
     foreground: np.ndarray,
     interior: np.ndarray,
@@ -255,6 +261,7 @@ def seeded_watershed(
     voxel_size: Sequence[float] | None = None,
     min_seed: float = 0.0,
     radius: float | None = None,
+    sure: float | None = SURE_FOREGROUND,
 ) -> np.ndarray:
     """Instances of a refined model's output, the inverse of its targets
     (:mod:`cellcut.refinement.targets`: a nucleus is its interior plus a one-voxel boundary).
@@ -262,9 +269,11 @@ def seeded_watershed(
     The interior mask (``interior > 0.5``) is split at its necks by :func:`distance_watershed`
     (seeds ``min_distance`` apart; seeds under ``min_seed`` µm³, or voxels, dropped); each
     interior then grows by one voxel (along :func:`boundary_axes` of the typical ``radius``,
-    µm, as the targets were drawn) into ``foreground > 0.5``,
-    neighbours meeting where the interior probability is lowest; foreground components that hold no
-    interior become instances of their own (nuclei too small to have one).
+    µm, as the targets were drawn) into ``foreground > 0.5``, and on through the voxels of
+    ``foreground >= sure`` it reaches (where the model draws the boundary thicker than one
+    voxel, as between packed nuclei; ``sure=None``: one voxel only), neighbours meeting where
+    the interior probability is lowest; foreground components that hold no interior become
+    instances of their own (nuclei too small to have one).
     """
     from skimage.segmentation import watershed
 
@@ -274,6 +283,8 @@ def seeded_watershed(
     seeds = filter_sizes(seeds, min_seed, None, voxel_size, in_place=True)
     step = cross(boundary_axes(voxel_size, radius))
     zone = (ndi.binary_dilation(seeds > 0, step) & mask) | (seeds > 0)
+    if sure is not None:
+        zone |= np.asarray(foreground) >= sure
     labels = watershed(-inner, seeds, mask=zone).astype(np.int32)
     parts = connected_components(mask)
     seeded = np.zeros(int(parts.max()) + 1, dtype=bool)
@@ -445,6 +456,7 @@ def instances(
     max_volume: float | None = None,
     interior: np.ndarray | None = None,
     object_radius: float | None = None,
+    sure_foreground: float | None = SURE_FOREGROUND,
 ) -> np.ndarray:
     """Instance labels from a probability map (``probability=True``) or a raw image.
 
@@ -469,7 +481,8 @@ def instances(
         A refined model's interior probability (same shape): ``seeded`` (and ``auto``) split
         and grow its interiors over ``image`` (:func:`seeded_watershed`, seeds
         ``min_distance`` apart and of a quarter of ``min_volume`` or more), its boundary's
-        axes set by ``object_radius`` (µm; :func:`boundary_axes`).
+        axes set by ``object_radius`` (µm; :func:`boundary_axes`), growing past it through
+        ``sure_foreground`` (None: by one voxel only).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -479,8 +492,9 @@ def instances(
     if method == "seeded" or (method == "auto" and interior is not None):
         if interior is None:
             raise ValueError("method 'seeded' needs a refined model's interior probability")
+        seed_floor = 0.25 * min_volume
         labels = seeded_watershed(
-            img, interior, min_distance, voxel_size, 0.25 * min_volume, object_radius
+            img, interior, min_distance, voxel_size, seed_floor, object_radius, sure_foreground
         )
         return filter_sizes(labels, min_volume, max_volume, voxel_size, in_place=True)
     if method == "auto":

@@ -131,7 +131,7 @@ def test_seeded_watershed_splits_touching_and_keeps_seedless():
         ball(shape, (10, 20, 24), 7),
         ball(shape, (10, 20, 42), 3),
     )
-    foreground = (a | b | c).astype(np.float32)
+    foreground = 0.6 * (a | b | c).astype(np.float32)  # foreground, not sure (< 0.7)
     interior = (ball(shape, (10, 20, 12), 4) | ball(shape, (10, 20, 24), 4)).astype(np.float32)
     labels = seeded_watershed(foreground, interior)
     assert labels.max() == 3  # two seeded, one seedless component kept whole
@@ -140,6 +140,14 @@ def test_seeded_watershed_splits_touching_and_keeps_seedless():
     grown = ndi.binary_dilation(grown, ndi.generate_binary_structure(3, 1))
     assert (labels == labels[10, 20, 12]).sum() == grown.sum()  # the interior plus one voxel
     assert np.unique(labels[c]).tolist() == [3] and (labels == 3).sum() == c.sum()
+    # a boundary drawn thicker but sure (>= 0.7) is taken whole, the doubtful shell beyond not
+    sure = ball(shape, (10, 20, 12), 6) & ~ball(shape, (10, 20, 24), 6.5)
+    thick = np.where(sure, np.float32(0.9), foreground)
+    wide = seeded_watershed(thick, interior)
+    first = wide == wide[10, 20, 12]
+    assert (first & sure).sum() == sure.sum()
+    assert not (first & ~sure & ~grown).any()
+    assert wide.max() == 3 and (wide == wide[10, 20, 24]).sum() == grown.sum()
     # through instances(): a size floor removes the small seedless one; W-Net input is refused
     assert instances(foreground, "seeded", interior=interior, min_volume=200).max() == 2
     assert instances(foreground, "auto", interior=interior).max() == 3
