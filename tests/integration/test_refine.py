@@ -102,22 +102,6 @@ def test_targets_keep_the_wnet_outline_where_segment_trims_its_halo(tmp_path, mo
     assert refined.summary["trim_halo"] is True  # the refined model's objects can be trimmed
     auto = segment(image, None, model=run.run_dir, voxel_size=v.voxel_size)
     assert auto.summary["trim_halo"] == trims_halo(auto.summary["object_radius"], v.voxel_size)
-    # interiors grow past their boundary through sure foreground, except where the halo is
-    # trimmed (the trim reads the surroundings from the voxels no object holds)
-    import cellcut.postprocess as postprocess
-
-    grown: list = []
-    real_seeded = postprocess.seeded_watershed
-
-    def seeded_spy(*args, **kwargs):
-        grown.append(args[6])
-        return real_seeded(*args, **kwargs)
-
-    monkeypatch.setattr(postprocess, "seeded_watershed", seeded_spy)
-    for trim, sure in (("on", None), ("off", postprocess.SURE_FOREGROUND)):
-        grown.clear()
-        segment(image, None, model=run.run_dir, voxel_size=v.voxel_size, trim_halo=trim)
-        assert grown and set(grown) == {sure}
 
 
 def test_resume_continues_the_same_run(tmp_path, data):

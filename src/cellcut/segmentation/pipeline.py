@@ -42,7 +42,7 @@ from cellcut.io import (
 from cellcut.model import LoadedModel, resolve_model_path
 from cellcut.normalize import fit_normalization
 from cellcut.outputs import OutputSet, check_writable, split_location, workspace_folder
-from cellcut.postprocess import SURE_FOREGROUND, sigma_voxels, trims_halo
+from cellcut.postprocess import sigma_voxels, trims_halo
 from cellcut.runtime import limit_malloc_arenas, release_free_memory, resolve_device
 from cellcut.segmentation.labelling import (
     Labelling,
@@ -370,9 +370,6 @@ def _label(
     trim_radius = scale.object_radius if trim and image is not None else None
     if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
         options["object_radius"] = scale.object_radius
-        # where the halo is trimmed, interiors grow by one voxel only: the trim reads the
-        # surroundings from the voxels no object holds, and grown objects would hide them
-        options["sure_foreground"] = None if trim_radius is not None else SURE_FOREGROUND
     settings = {"method": opts.instances, "voxel_size": voxel_size, "block": opts.triple("block")}
     if run is None:
         labelling = label_blocks(
