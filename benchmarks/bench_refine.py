@@ -207,7 +207,7 @@ def plot(rows: dict, path: Path, budget: str = "5 min, 2 threads") -> None:
     ax.set_xticks(x, keys, rotation=75, fontsize=7)
     ax.set_ylabel("instance F1 @ IoU 0.5")
     ax.set_ylim(0, 1)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"cellcut refine ({budget}) against its W-Net, per volume")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
