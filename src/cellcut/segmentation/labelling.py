@@ -28,6 +28,7 @@ from cellcut.postprocess import (
     sigma_voxels,
     trim_halo,
 )
+from cellcut.runtime import release_free_memory
 from cellcut.segmentation.statistics import centroids, label_moments
 
 Progress = Any  # Callable[[str, int, int], None]
@@ -164,6 +165,10 @@ def label_blocks(
             target = np.asarray(out[blk.outer])
             np.copyto(target, local, where=local > 0)
             out[blk.outer] = target
+        del local
+        # freed block buffers of varying sizes otherwise fragment the heap, and the peak would
+        # grow with the number of blocks (measured: +33 MB from 64 to 192 slices of 512²)
+        release_free_memory()
         if progress is not None:
             progress("instances", i + 1, len(grid))
     result.n_objects = next_id - 1
