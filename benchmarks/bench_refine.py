@@ -26,8 +26,8 @@ Usage::
     .venv/bin/python benchmarks/bench_refine.py [--minutes 5 | --steps N] [--regimes ...] [--jobs 1]
 
 ``--keep DIR`` keeps each refined model (without its optimizer state) in ``DIR/NAME``;
-``--rescore DIR --out NAME`` trains nothing and scores those models again with the current
-instance step, replacing the refined columns of ``NAME.json`` (the W-Net's stay the run's).
+``--rescore DIR --out NAME`` trains nothing and scores every column of ``NAME.json`` again on
+this machine with the current instance step, the refined ones from those models.
 
 Prints a table, writes ``benchmarks/results/refine.json`` and ``docs/refine.png``.
 """
@@ -130,18 +130,22 @@ def one_volume(
     return row
 
 
-def rescore_volume(name: str, folder: str) -> dict:
-    """The refined columns of one volume again, from a model kept by ``--keep``."""
+def rescore_volume(name: str, folder: str, model: str = "default") -> dict:
+    """Every column of one volume again: the W-Net's (``model``) and that of the refined model
+    kept by ``--keep`` in ``folder``, with and without the CRF."""
     import torch
 
     from cellcut.segmentation import segment
 
     torch.set_num_threads(harness.THREADS)
     image, truth, voxel_size = load(name)
-    model = Path(folder) / name.replace("/", "_").replace("+", "_")
-    refined = segment(image, None, model=model, voxel_size=voxel_size)
-    crf = segment(image, None, model=model, voxel_size=voxel_size, crf=True)
-    return {"refined": score(truth, refined.labels), "refined+crf": score(truth, crf.labels)}
+    kept = Path(folder) / name.replace("/", "_").replace("+", "_")
+    out = {}
+    for side, use in (("wnet", model), ("refined", kept)):
+        for suffix, crf in (("", False), ("+crf", True)):
+            result = segment(image, None, model=use, voxel_size=voxel_size, crf=crf)
+            out[side + suffix] = score(truth, result.labels)
+    return out
 
 
 def summarize(result: dict) -> None:
@@ -243,8 +247,8 @@ def main() -> None:
         "--rescore",
         default=None,
         metavar="KEEP",
-        help="train nothing: score the models kept in KEEP (by --keep) again with the current "
-        "instance step, replacing the refined columns of benchmarks/results/OUT.json",
+        help="train nothing: score every column of benchmarks/results/OUT.json again with the "
+        "current instance step, the refined ones from the models kept in KEEP (by --keep)",
     )
     args = ap.parse_args()
     if args.rescore:
@@ -294,16 +298,17 @@ def report(result: dict, out: str) -> None:
 
 
 def rescore(out: str, folder: str) -> None:
-    """``--rescore``: the refined columns of ``results/OUT.json`` again, from kept models, on
-    this machine; the W-Net columns, steps and target times stay those of the run."""
+    """``--rescore``: every column of ``results/OUT.json`` again on this machine, the refined
+    ones from kept models, with the current instance step; steps and target times stay the
+    run's."""
     import json
 
     path = harness.RESULTS / f"{out}.json"
     result = json.loads(path.read_text())
     for name, row in result["rows"].items():
-        new = rescore_volume(name, folder)
-        row["refined"].update(new["refined"])
-        row["refined+crf"] = new["refined+crf"]
+        new = rescore_volume(name, folder, result.get("model", "default"))
+        row["refined"].update(new.pop("refined"))
+        row.update(new)
         print(f"{name}: {new}", flush=True)
     result["rescored"] = {"machine": harness.machine(), "models": str(folder)}
     summarize(result)
