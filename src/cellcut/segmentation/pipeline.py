@@ -364,12 +364,12 @@ def _label(
         options["min_volume"] = scale.speck_volume()
     if options["min_distance"] == "auto":
         options["min_distance"] = scale.seed_distance()
+    if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
+        options["object_radius"] = scale.object_radius
     trim = opts.trim_halo
     if trim == "auto":
         trim = trims_halo(scale.object_radius, voxel_size)
     trim_radius = scale.object_radius if trim and image is not None else None
-    if interior is not None:  # a refined model: its boundaries' axes follow the nuclei's size
-        options["object_radius"] = scale.object_radius
     settings = {"method": opts.instances, "voxel_size": voxel_size, "block": opts.triple("block")}
     if run is None:
         labelling = label_blocks(
