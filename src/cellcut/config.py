@@ -406,7 +406,7 @@ class SegmentOptions(_Section):
     min_volume: float | Literal["auto"] = Field(
         "auto",
         description=(
-            "smaller objects are removed, µm³; 'auto': specks, smaller than a sphere of a third "
+            "smaller objects are removed, µm³; 'auto': specks, smaller than a sphere of half "
             "of the typical nucleus radius (from the image and the model's foreground)"
         ),
     )
