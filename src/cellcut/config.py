@@ -406,8 +406,8 @@ class SegmentOptions(_Section):
     min_volume: float | Literal["auto"] = Field(
         "auto",
         description=(
-            "smaller objects are removed, µm³; 'auto': specks, smaller than a sphere of half "
-            "of the typical nucleus radius (from the image and the model's foreground)"
+            "smaller objects are removed, µm³; 'auto': specks, smaller than a sphere of half the "
+            "typical nucleus radius (from the image and the model's foreground)"
         ),
     )
     max_volume: float | None = Field(

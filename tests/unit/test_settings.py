@@ -91,7 +91,7 @@ def test_train_overrides_take_a_dict_of_typed_values():
 
 
 def test_min_volume_auto_is_the_speck_floor_of_the_typical_radius(tmp_path):
-    """'auto' removes objects under a sphere of a third of the typical radius: the image's
+    """'auto' removes objects under a sphere of half the typical radius: the image's
     fingerprint heard with the model's foreground (object_scale)."""
     from dataclasses import replace
 
@@ -112,6 +112,7 @@ def test_min_volume_auto_is_the_speck_floor_of_the_typical_radius(tmp_path):
     radius = object_scale(fp.object_radius, model_radius)
     assert auto.summary["object_radius"] == pytest.approx(radius)
     floor = replace(fp, object_radius=radius).speck_volume()
+    assert floor == pytest.approx(4 / 3 * np.pi * (radius / 2) ** 3)
     assert auto.summary["min_volume"] == pytest.approx(floor) and floor > 0
     assert auto.n_cells == 0 or np.min(auto.stats.columns["volume_um3"]) >= floor
     none = segment(
