@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -87,6 +88,23 @@ def keep_model(run_dir: Path, folder: Path) -> None:
     torch.save(data, folder / CHECKPOINT_NAME)
 
 
+def kept_folder(keep: str | os.PathLike, name: str) -> Path:
+    """Where ``--keep`` puts the refined model of volume ``name`` (``/`` and ``+`` as ``_``)."""
+    return Path(keep) / name.replace("/", "_").replace("+", "_")
+
+
+def scores(side: str, model, image, truth, voxel_size, device: str = "cpu") -> dict:
+    """``{side: ..., side+crf: ...}``: a model's segmentation scored without and with the
+    CRF."""
+    from cellcut.segmentation import segment
+
+    out = {}
+    for suffix, crf in (("", False), ("+crf", True)):
+        result = segment(image, None, model=model, voxel_size=voxel_size, device=device, crf=crf)
+        out[side + suffix] = score(truth, result.labels)
+    return out
+
+
 def one_volume(
     name: str,
     minutes: float | None,
@@ -96,19 +114,15 @@ def one_volume(
     keep: str | None = None,
 ) -> dict:
     """W-Net zero-shot and refined scores of one volume (runs in its own process); with
-    ``keep``, the refined model is kept in ``keep/NAME`` (``/`` and ``+`` as ``_``)."""
+    ``keep``, the refined model is kept in :func:`kept_folder`."""
     import torch
 
     from cellcut.refinement import refine
-    from cellcut.segmentation import segment
 
     torch.set_num_threads(harness.THREADS)
     image, truth, voxel_size = load(name)
     row: dict = {"truth": int(truth.max())}
-    result = segment(image, None, model=model, voxel_size=voxel_size, device=device)
-    row["wnet"] = score(truth, result.labels)
-    result = segment(image, None, model=model, voxel_size=voxel_size, device=device, crf=True)
-    row["wnet+crf"] = score(truth, result.labels)
+    row.update(scores("wnet", model, image, truth, voxel_size, device))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run = refine(
@@ -117,16 +131,9 @@ def one_volume(
         )  # fmt: skip
         total = time.perf_counter() - t0
         if keep:
-            keep_model(Path(run.run_dir), Path(keep) / name.replace("/", "_").replace("+", "_"))
-        refined = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device)
-        crf = segment(image, None, model=run.run_dir, voxel_size=voxel_size, device=device,
-                      crf=True)  # fmt: skip
-    row["refined+crf"] = score(truth, crf.labels)
-    row["refined"] = {
-        **score(truth, refined.labels),
-        "steps": run.step,
-        "targets_s": round(total - run.elapsed_s, 1),
-    }
+            keep_model(Path(run.run_dir), kept_folder(keep, name))
+        row.update(scores("refined", run.run_dir, image, truth, voxel_size, device))
+    row["refined"].update(steps=run.step, targets_s=round(total - run.elapsed_s, 1))
     return row
 
 
@@ -135,17 +142,12 @@ def rescore_volume(name: str, folder: str, model: str = "default") -> dict:
     kept by ``--keep`` in ``folder``, with and without the CRF."""
     import torch
 
-    from cellcut.segmentation import segment
-
     torch.set_num_threads(harness.THREADS)
     image, truth, voxel_size = load(name)
-    kept = Path(folder) / name.replace("/", "_").replace("+", "_")
-    out = {}
-    for side, use in (("wnet", model), ("refined", kept)):
-        for suffix, crf in (("", False), ("+crf", True)):
-            result = segment(image, None, model=use, voxel_size=voxel_size, crf=crf)
-            out[side + suffix] = score(truth, result.labels)
-    return out
+    return {
+        **scores("wnet", model, image, truth, voxel_size),
+        **scores("refined", kept_folder(folder, name), image, truth, voxel_size),
+    }
 
 
 def summarize(result: dict) -> None:
@@ -307,9 +309,9 @@ def rescore(out: str, folder: str) -> None:
     result = json.loads(path.read_text())
     for name, row in result["rows"].items():
         new = rescore_volume(name, folder, result.get("model", "default"))
-        row["refined"].update(new.pop("refined"))
+        row["refined"].update(new.pop("refined"))  # keeps the run's steps and target time
         row.update(new)
-        print(f"{name}: {new}", flush=True)
+        print(f"{name}: {row}", flush=True)
     result["rescored"] = {"machine": harness.machine(), "models": str(folder)}
     summarize(result)
     harness.write_json(out, result)
