@@ -277,14 +277,15 @@ def seeded_watershed(
     """
     from skimage.segmentation import watershed
 
-    mask = np.asarray(foreground) > 0.5
+    fg = np.asarray(foreground)
+    mask = fg > 0.5
     inner = np.asarray(interior, dtype=np.float32)
     seeds = distance_watershed((inner > 0.5) & mask, min_distance, voxel_size)
     seeds = filter_sizes(seeds, min_seed, None, voxel_size, in_place=True)
     step = cross(boundary_axes(voxel_size, radius))
     zone = (ndi.binary_dilation(seeds > 0, step) & mask) | (seeds > 0)
     if sure is not None:
-        zone |= np.asarray(foreground) >= sure
+        zone |= fg >= sure
     labels = watershed(-inner, seeds, mask=zone).astype(np.int32)
     parts = connected_components(mask)
     seeded = np.zeros(int(parts.max()) + 1, dtype=bool)
