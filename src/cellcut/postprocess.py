@@ -23,8 +23,9 @@ sizes are in physical units, µm, when a voxel size is given, in voxels otherwis
 ``seeded``
     For a refined model (``cellcut refine``), which predicts each nucleus' interior apart
     from its one-voxel boundary: the interiors, split at their necks like ``watershed``
-    splits a mask, each grown back by that voxel within the foreground
-    (:func:`seeded_watershed`). With a refined model, ``auto`` means ``seeded``.
+    splits a mask, each grown back by that voxel within the foreground and on through the
+    voxels the model is sure are foreground (:data:`SURE_FOREGROUND`; :func:`seeded_watershed`).
+    With a refined model, ``auto`` means ``seeded``.
 
 ``spot_sigma="auto"`` (the default) sets Voronoi-Otsu's seed blur to half the typical nucleus
 radius: the median, over the mask's connected components of at least 8 voxels, of the largest
