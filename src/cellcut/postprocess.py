@@ -38,7 +38,8 @@ The model's outline can be wider than the nucleus along a coarse axis: a point-s
 long in z blurs a nucleus two z-steps tall over four, and the model takes the blur for
 nucleus. Where the typical nucleus radius spans fewer than :data:`HALO_TRIM_STEPS` voxels of
 the coarsest axis (``trim_halo="auto"``), :func:`trim_halo` keeps of each object the voxels at
-or above half its height over its surroundings in the image (the edge of a blurred object).
+or above half its height over its surroundings in the image (the edge of a blurred object),
+and :func:`split_necks` then splits each trimmed object at the necks the trim opened.
 
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
 removed and the labels renumbered 1..n.
@@ -385,6 +386,41 @@ def trim_halo(
         kept = inside & (smooth[box] >= level)
         kept = (ndi.binary_fill_holes(kept) | ndi.binary_fill_holes(kept, plane)) & inside
         out[box][inside & ~kept] = 0
+    return out
+
+
+def split_necks(
+    labels: np.ndarray,
+    min_distance: float = 2.0,
+    voxel_size: Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> np.ndarray:
+    """Split each object of ``labels`` at its own necks (:func:`distance_watershed` of the
+    object alone, seeds ``min_distance`` apart); the pieces get new ids, consecutive in the
+    order of the objects. After :func:`trim_halo`: a blur halo fills the neck between
+    touching nuclei in the model's mask, so they were one object when split, and the trim
+    opens the neck again. ``overwrite``: written into ``labels`` (int32) itself."""
+    labels = np.asarray(labels)
+    in_place = overwrite and labels.dtype == np.int32 and labels.flags.writeable
+    out = labels if in_place else np.array(labels, dtype=np.int32)
+    boxes = ndi.find_objects(out)
+    base = len(boxes)  # pieces are numbered above every old id, then moved down
+    next_id = base
+    for i, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)  # background around
+        inside = out[box] == i
+        pieces = distance_watershed(inside, min_distance, voxel_size)
+        n = int(pieces.max())
+        rest = inside & (pieces == 0)  # a part no seed reached (a seed of a bigger part is
+        if rest.any():  # within min_distance of its peak): its own piece, never dropped
+            extra = connected_components(rest)
+            pieces[rest] = extra[rest] + n
+            n = int(pieces.max())
+        out[box][inside] = pieces[inside] + next_id
+        next_id += n
+    np.subtract(out, base, out=out, where=out > 0)
     return out
 
 

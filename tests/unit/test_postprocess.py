@@ -173,3 +173,56 @@ def test_trim_halo_in_place_equals_a_copy_and_leaves_inputs_alone_otherwise():
     inplace = trim_halo(outline, image, 2.0, (1.0, 1.0, 1.0), overwrite=True)
     assert inplace is outline and np.array_equal(inplace, copied)
     assert not np.array_equal(image, kept_image)  # the blur went into the image's memory
+
+
+def test_split_necks_splits_each_object_at_its_own_neck_only():
+    from cellcut.postprocess import split_necks
+
+    shape = (20, 40, 70)
+    pair = ball(shape, (10, 20, 14), 6.0) | ball(shape, (10, 20, 26), 6.0)  # a neck at x = 20
+    labels = np.zeros(shape, np.int32)
+    labels[pair] = 1
+    labels[ball(shape, (10, 20, 55), 7.0)] = 2  # one round nucleus: no neck
+    split = split_necks(labels, 2.0)
+    assert split.max() == 3 and set(np.unique(split)) == {0, 1, 2, 3}
+    assert np.array_equal(split > 0, labels > 0)  # no voxel gained or lost
+    left, right = split[10, 20, 10], split[10, 20, 30]
+    assert left != right and {left, right} == {1, 2}  # the pair's pieces, in the object order
+    assert (split[labels == 2] == 3).all()  # the round one whole
+    # in place: the same result in the labels' own memory; a copy leaves them alone
+    kept = labels.copy()
+    copied = split_necks(labels, 2.0)
+    assert np.array_equal(labels, kept)
+    inplace = split_necks(labels, 2.0, overwrite=True)
+    assert inplace is labels and np.array_equal(inplace, copied)
+
+
+def test_split_necks_does_not_mix_pieces_with_later_ids():
+    from cellcut.postprocess import split_necks
+
+    shape = (16, 30, 80)
+    labels = np.zeros(shape, np.int32)
+    labels[ball(shape, (8, 15, 9), 5.0) | ball(shape, (8, 15, 19), 5.0)] = 1  # a pair
+    labels[ball(shape, (8, 15, 30), 5.0) & (labels == 0)] = 2  # touching the pair's right half
+    labels[(ball(shape, (8, 15, 45), 5.0) | ball(shape, (8, 15, 55), 5.0)) & (labels == 0)] = 3
+    split = split_necks(labels, 2.0)
+    assert split.max() == 5
+    for i, pieces in ((1, 2), (2, 1), (3, 2)):  # every piece inside the object it came from
+        assert len(np.unique(split[labels == i])) == pieces
+    assert sum(len(np.unique(split[labels == i])) for i in (1, 2, 3)) == 5
+
+
+def test_split_necks_keeps_a_part_no_seed_reaches_as_its_own_piece():
+    from cellcut.postprocess import split_necks
+
+    shape = (20, 30, 40)
+    labels = np.zeros(shape, np.int32)
+    labels[ball(shape, (10, 15, 12), 6.0)] = 1
+    labels[9:11, 14:16, 20:22] = 1  # a crumb of the same object, within a seed distance of its peak
+    labels[ball(shape, (10, 15, 32), 4.0)] = 2
+    split = split_necks(labels, 6.0)
+    assert np.array_equal(split > 0, labels > 0)  # nothing dropped
+    assert split.max() == 3
+    crumb = split[9:11, 14:16, 20:22]
+    assert len(np.unique(crumb)) == 1
+    assert crumb[0, 0, 0] not in (split[10, 15, 12], split[10, 15, 32])

@@ -22,10 +22,12 @@ from cellcut.postprocess import (
     OUTLINE_SIGMA,
     auto_spot_sigma,
     choose_instances,
+    filter_sizes,
     instances,
     object_radii,
     relabel,
     sigma_voxels,
+    split_necks,
     trim_halo,
 )
 from cellcut.runtime import release_free_memory
@@ -205,6 +207,21 @@ def resolve_spot_sigma(
     return options
 
 
+RESPLIT_METHODS = ("voronoi-otsu", "watershed")
+"""The methods whose trimmed objects :func:`resplit` splits again: a refined model's interiors
+(``seeded``) are its own split, and ``connected`` asks for none."""
+
+
+def resplit(local: np.ndarray, voxel_size: Sequence[float] | None, **options: Any) -> np.ndarray:
+    """Trimmed objects split again at the necks the trim opened
+    (:func:`cellcut.postprocess.split_necks`, seeds ``min_distance`` apart), then the size
+    filter of ``options`` (``min_volume``, ``max_volume``) once more, in ``local`` itself."""
+    local = split_necks(local, options.get("min_distance", 2.0), voxel_size, overwrite=True)
+    return filter_sizes(
+        local, options.get("min_volume", 0.0), options.get("max_volume"), voxel_size, True
+    )
+
+
 def label_block(
     probability: Any,
     blk: Block,
@@ -220,7 +237,8 @@ def label_block(
     """One block's instances over its outer region: the objects it owns
     (:func:`cellcut.blocks.owned_objects`) numbered 1..n in the order of the local labelling,
     the others 0; with ``image`` and ``trim_radius``, trimmed to the image first
-    (:func:`cellcut.postprocess.trim_halo`). Returns (labels, n, the method used)."""
+    (:func:`cellcut.postprocess.trim_halo`) and, for :data:`RESPLIT_METHODS`, the objects it
+    owns split again (:func:`resplit`). Returns (labels, n, the method used)."""
     prob = np.asarray(probability[blk.outer], dtype=np.float32)
     if interior is not None and method in ("auto", "seeded"):
         inner = np.asarray(interior[blk.outer], dtype=np.float32)
@@ -246,4 +264,10 @@ def label_block(
     lut = np.zeros(n + 1, dtype=np.int32)
     kept = np.flatnonzero(own)
     lut[kept] = np.arange(1, len(kept) + 1)
-    return relabel(lut, local, in_place=True), len(kept), chosen
+    local = relabel(lut, local, in_place=True)
+    if trim_radius is not None and image is not None and chosen in RESPLIT_METHODS:
+        # after the block chose its objects: each is whole, so its pieces are the same in
+        # whichever block owns it, and every piece stays with the block that owns the object
+        local = resplit(local, voxel_size, **options)
+        return local, int(local.max()), chosen
+    return local, len(kept), chosen
