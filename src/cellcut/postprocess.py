@@ -413,8 +413,10 @@ def split_necks(
         inside = out[box] == i
         pieces = distance_watershed(inside, min_distance, voxel_size)
         n = int(pieces.max())
-        rest = inside & (pieces == 0)  # a part no seed reached (a seed of a bigger part is
-        if rest.any():  # within min_distance of its peak): its own piece, never dropped
+        # a part no seed reached (its peak lies within min_distance of a bigger part's): its
+        # own piece, never dropped here
+        rest = inside & (pieces == 0)
+        if rest.any():
             extra = connected_components(rest)
             pieces[rest] = extra[rest] + n
             n = int(pieces.max())
