@@ -417,8 +417,8 @@ class SegmentOptions(_Section):
         "auto",
         description=(
             "trim each nucleus to half its height over its surroundings in the image (a "
-            "blur halo), then split it again at the necks the trim opens (watershed, "
-            f"voronoi-otsu, auto); 'auto': where the typical nucleus radius spans under "
+            "blur halo), then split it again at the necks the trim opens (every method "
+            f"but connected); 'auto': where the typical nucleus radius spans under "
             f"{HALO_TRIM_STEPS:g} voxels of the coarsest axis"
         ),
     )

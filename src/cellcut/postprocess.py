@@ -39,7 +39,8 @@ long in z blurs a nucleus two z-steps tall over four, and the model takes the bl
 nucleus. Where the typical nucleus radius spans fewer than :data:`HALO_TRIM_STEPS` voxels of
 the coarsest axis (``trim_halo="auto"``), :func:`trim_halo` keeps of each object the voxels at
 or above half its height over its surroundings in the image (the edge of a blurred object),
-and :func:`split_necks` then splits each trimmed object at the necks the trim opened.
+and :func:`split_necks` then splits each trimmed object at the necks the trim opened (every
+method but ``connected``).
 
 Small objects (``min_volume``) and oversized ones (``max_volume``, e.g. bright artifacts) are
 removed and the labels renumbered 1..n.

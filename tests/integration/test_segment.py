@@ -229,16 +229,17 @@ def test_trimmed_objects_are_split_at_the_necks_the_trim_opens():
     prob = ndi.binary_dilation(nuclei, np.ones((5, 3, 3))).astype(np.float32)
     counts = {}
     for trim in (None, 4.0):
-        for method in ("watershed", "connected"):
+        for method in ("watershed", "seeded", "connected"):
             out = np.zeros(prob.shape, np.int32)
+            interior = prob if method == "seeded" else None  # a refined model's, as wide
             counts[trim, method] = label_blocks(
                 prob, out, method=method, voxel_size=vs, block=prob.shape, halo=(0, 0, 0),
-                image=image, trim_radius=trim, min_distance=2.0,
+                image=image, trim_radius=trim, min_distance=2.0, interior=interior,
             ).n_objects  # fmt: skip
             if trim and method == "watershed":
                 split = out
-    assert counts[None, "watershed"] == 1 and counts[None, "connected"] == 1
-    assert counts[4.0, "watershed"] == 2  # trimmed, then split again
+    assert [counts[None, m] for m in ("watershed", "seeded", "connected")] == [1, 1, 1]
+    assert counts[4.0, "watershed"] == 2 and counts[4.0, "seeded"] == 2  # trimmed, split again
     assert counts[4.0, "connected"] == 1  # connected components ask for no split
     left, right = split[8, 15, 14], split[8, 15, 26]
     assert left != right and 0 not in (left, right)
