@@ -226,6 +226,14 @@ class StopConfig(_Section):
     minutes: float | None = Field(None, gt=0)
     steps_per_epoch: int = Field(50, ge=1)
     early_stop_on_plateau: bool = False
+    cell_share_drift: float | None = Field(
+        1.25,
+        gt=1,
+        description="a fine-tune that keeps the starting model's classes stops when the "
+        "cells' share of the validation patches (mean of the last 3 logs) grows beyond this "
+        "factor of the starting model's, or shrinks beyond its square, and goes back to the "
+        "last weights within 1.1x of it; null: off",
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> StopConfig:

@@ -513,3 +513,83 @@ def test_fine_tuning_config_follows_the_checkpoint(tmp_path, volume_file):
     noted = train([img], tmp_path / "noted", asked, from_pretrained=base.checkpoint)
     notes = [d.message for d in noted.diagnoses if d.kind == "architecture-from-checkpoint"]
     assert len(notes) == 1 and "n_classes 5 -> 3" in notes[0], notes
+
+
+def test_a_fine_tune_that_leaves_the_models_cells_goes_back_and_stops(
+    tmp_path, volume_file, monkeypatch
+):
+    """``stop.cell_share_drift``: when the watch says the fine-tune is redefining the cells, the
+    run returns to the last state near the starting share and stops there (the watch's own
+    rule is tested in tests/unit/test_diagnostics.py; here, the loop acting on it)."""
+    import cellcut.training.loop as loop
+    from cellcut.training.diagnostics import CELL_SHARE_DRIFT, CellShareWatch, Diagnosis
+
+    class Scripted(CellShareWatch):  # near the start up to step 4, drifted at step 8
+        last = 0
+
+        def update(self, step, share):
+            self.shares.append(share)
+            self.last = step
+            self.near_step = min(step, 4)
+            return Diagnosis(CELL_SHARE_DRIFT, step, "drifted") if step == 8 else None
+
+        @property
+        def near_start(self):
+            return self.last <= 4
+
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    held = {"intensity_centres": "model"}  # a 2-step model's split would be adopted otherwise
+    early = train(
+        [img], tmp_path / "early", config(stop={"steps": 4}, loss=held),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    monkeypatch.setattr(loop, "CellShareWatch", Scripted)
+    run = train(
+        [img], tmp_path / "drift", config(stop={"steps": 12}, loss=held),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    assert run.step == 8 and run.stopped_by == "cell share drift"
+    assert [d.kind for d in run.diagnoses if d.kind == CELL_SHARE_DRIFT] == [CELL_SHARE_DRIFT]
+    assert "drifted" in (run.run_dir / "diagnostics.txt").read_text()
+    for (name, a), b in zip(
+        early.model.state_dict().items(), run.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)  # the weights of step 4, not of step 8
+    shares = [float(r["cell_share"]) for r in read_metrics(run.run_dir)]
+    assert len(shares) == 4 and all(0 < s < 1 for s in shares)
+    start = Checkpoint.load(run.checkpoint).cell_share_start
+    assert start["classes"] == Checkpoint.load(base.checkpoint).foreground_classes
+    assert 0 < start["share"] < 1
+
+
+def test_the_cell_share_watch_only_watches_fine_tunes_that_keep_the_models_classes(
+    tmp_path, volume_file
+):
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    assert Checkpoint.load(base.checkpoint).cell_share_start is None  # not a fine-tune
+    assert all(r["cell_share"] == "" for r in read_metrics(base.run_dir))
+    held = {"intensity_centres": "model"}
+    cases = {
+        "adopted": config(stop={"steps": 2}),  # a 2-step model's split disagrees with the data
+        "otsu": config(stop={"steps": 2}, loss={"intensity_centres": "otsu"}),
+        "off": config(stop={"steps": 2, "cell_share_drift": None}, loss=held),
+    }
+    for name, cfg in cases.items():
+        run = train([img], tmp_path / name, cfg, from_pretrained=base.checkpoint)
+        assert Checkpoint.load(run.checkpoint).cell_share_start is None, name
+        assert all(r["cell_share"] == "" for r in read_metrics(run.run_dir)), name
+    # a resumed fine-tune compares with its own start, and a shipped model holds none of it
+    part = train(
+        [img], tmp_path / "part", config(stop={"steps": 4}, loss=held),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    start = Checkpoint.load(part.checkpoint).cell_share_start
+    resumed = train([], part.run_dir, resume=True, overrides=["stop.steps=8"])
+    end = Checkpoint.load(resumed.checkpoint)
+    assert end.cell_share_start == start
+    assert len([r for r in read_metrics(part.run_dir) if r["cell_share"]]) == 4
+    assert end.for_inference().cell_share_start is None
+    with pytest.raises(ConfigError, match="cell_share_drift"):
+        config(stop={"cell_share_drift": 1.0})

@@ -83,3 +83,36 @@ def test_collapse_to_one_class_is_caught_and_only_when_it_lasts():
     assert found[:-1] == [None] * 19
     d = found[-1]
     assert d.kind == "collapsed" and "learning rate 0.9" in d.message and "rolled back" in d.message
+
+
+def watch_shares(shares, start=0.28, limit=1.25):
+    from cellcut.training.diagnostics import CellShareWatch
+
+    w = CellShareWatch(start, limit, [1])
+    said = [w.update(10 * (i + 1), s) for i, s in enumerate(shares)]
+    return w, [d for d in said if d is not None]
+
+
+def test_cell_share_watch_ignores_the_swings_of_a_fine_tune_that_refines():
+    # the logged shares of a grainy-confocal fine-tune relative to its start (0.77x-1.15x)
+    ratios = [0.93, 1.02, 1.0, 0.88, 0.95, 0.87, 0.97, 0.88, 1.15, 0.77, 0.96, 0.87, 1.07, 0.86]
+    _, said = watch_shares([0.24 * r for r in ratios], start=0.24)
+    assert said == []
+    _, one_spike = watch_shares([0.28, 0.28, 0.45, 0.28, 0.28])  # one log is not a drift
+    assert one_spike == []
+
+
+def test_cell_share_watch_fires_on_a_lasting_growth_or_a_deep_shrink_and_names_the_way_back():
+    w, said = watch_shares([0.29, 0.30, 0.385, 0.373, 0.37, 0.40])  # the tissue-background case
+    assert [d.step for d in said] == [40, 50, 60]  # (0.30 + 0.385 + 0.373) / 3 = 1.26x
+    assert w.near_step == 20  # the last log within 1.1x of the start
+    message = said[0].message
+    assert said[0].kind == "cell_share_drift"
+    assert "28.0%" in message and "weights of step 20" in message
+    assert "loss.intensity_centres=otsu" in message and "stop.cell_share_drift=null" in message
+    _, sharpened = watch_shares([0.071, 0.065, 0.066, 0.065, 0.061, 0.063], start=0.082)
+    assert sharpened == []  # light-sheet edges sharpened: 0.78x, within 1 / 1.25**2
+    _, shrank = watch_shares([0.17, 0.17, 0.16], start=0.28)  # 0.595x
+    assert [d.step for d in shrank] == [30]
+    _, at_limit = watch_shares([0.35, 0.35, 0.35], start=0.28)  # 1.25x: not beyond it
+    assert at_limit == []

@@ -31,7 +31,7 @@ from cellcut.model import CHECKPOINT_NAME, Checkpoint
 from cellcut.model.classes import choose_foreground_classes
 from cellcut.runtime import use_bfloat16
 from cellcut.training.data import Source
-from cellcut.training.diagnostics import PLATEAU, Diagnosis
+from cellcut.training.diagnostics import PLATEAU, CellShareWatch, Diagnosis
 from cellcut.training.run import (
     MetricsLog,
     TrainCallback,
@@ -186,6 +186,8 @@ class Trainer:
         self.total_steps = min(limits) if limits else None
         self.amp = use_bfloat16(session.device)
         self.good_state = self._snapshot()
+        self.watch: CellShareWatch | None = None  # stop.cell_share_drift, set in begin()
+        self.near_state = self.good_state  # the last state near the starting cell share
         self.net_in: torch.Tensor | None = None
         self.class_share: float | None = None
         self.bar = None
@@ -200,6 +202,7 @@ class Trainer:
             cb.on_start(self.run)
         for note in self.session.notes:
             self._say(note)
+        self.watch = self._cell_share_watch()
         self.session.model.train()
 
     def elapsed(self) -> float:
@@ -312,6 +315,8 @@ class Trainer:
             "rec_ratio": rec / baseline,
         }
         record.update(s.validator(s.model, s.loss_fn))
+        if self.watch is not None:
+            record["cell_share"] = self._cell_share(self.watch.classes)
         run.history.append(record)
         self.log.write(record)
         if len(run.history) % 5 == 1:
@@ -320,8 +325,48 @@ class Trainer:
             cb.on_log(record)
         for d in s.monitor.update(run.step, record["ncut"], rec, baseline, record.get("val_ncut")):
             self._say(d)
-        if s.monitor.healthy:
+        drift = None if self.watch is None else self.watch.update(run.step, record["cell_share"])
+        if drift is not None:
+            self._go_back_and_stop(drift)
+        elif s.monitor.healthy:
             self.good_state = self._snapshot()
+            if self.watch is not None and self.watch.near_start:
+                self.near_state = self.good_state
+
+    def _cell_share_watch(self) -> CellShareWatch | None:
+        """``stop.cell_share_drift`` for a fine-tune that keeps the starting model's classes:
+        those classes and their share of the reference patches, measured before the first
+        step (a resumed run reads them from its checkpoint)."""
+        s, limit = self.session, self.cfg.stop.cell_share_drift
+        if limit is None or not s.keeps_model_classes:
+            return None
+        if s.cell_share_start is None:
+            classes = self._decide_foreground()
+            s.cell_share_start = {"classes": classes, "share": self._cell_share(classes)}
+        start = s.cell_share_start
+        return CellShareWatch(start["share"], limit, start["classes"])
+
+    def _cell_share(self, classes: list[int]) -> float:
+        """The share of the reference patches' voxels that ``classes`` hold with probability
+        over 0.5. Not the soft mass: a fine-tune that sharpens the edges of sparse nuclei
+        lowers that by a fifth (light-sheet) while the cells stay the same."""
+        s = self.session
+        was_training = s.model.training
+        s.model.eval()
+        with torch.inference_mode():
+            probs = s.model.encode(s.reference_patches.to(s.device) / s.input_scale).float()
+        s.model.train(was_training)
+        share = float((probs[:, classes].sum(1) > 0.5).float().mean())
+        return parallel.mean([share], s.device)[0]
+
+    def _go_back_and_stop(self, drift: Diagnosis) -> None:
+        """The fine-tune left the starting model's cells: back to the last state near them."""
+        s = self.session
+        s.model.load_state_dict(self.near_state[0])
+        s.optimizer.load_state_dict(self.near_state[1])
+        self.good_state = self.near_state
+        self._say(drift)
+        self.run.stopped_by = "cell share drift"
 
     def save_checkpoint(self, final: bool = False) -> Path:
         self.run.foreground_classes = self._decide_foreground()
@@ -399,6 +444,7 @@ class Trainer:
             final=final,
             ranks=ranks,
             anchor=None if s.anchor is None else {k: v.cpu() for k, v in s.anchor.items()},
+            cell_share_start=s.cell_share_start,
             **s.sources.record(),
         )
 

@@ -42,8 +42,11 @@ METRIC_FIELDS = [
     "val_total",
     "val_dice",
     "val_f1",
+    "cell_share",
 ]
-"""Columns of ``metrics.csv`` (``intensity``: the class-intensity term, empty when off)."""
+"""Columns of ``metrics.csv`` (``intensity``: the class-intensity term, empty when off;
+``cell_share``: the starting model's cell classes' share of the validation patches, logged by a
+fine-tune that keeps them, see ``stop.cell_share_drift``)."""
 
 
 class TrainCallback:

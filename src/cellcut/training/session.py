@@ -87,6 +87,8 @@ class Session:
     anchor: dict[str, torch.Tensor] | None = None  # optimizer.anchor: the starting weights
     anchor_strength: float = 0.0  # optimizer.anchor resolved ("auto" decided)
     started_from: str | None = None  # the pretrained model a fine-tune started from
+    cell_share_start: dict[str, Any] | None = None  # stop.cell_share_drift: classes, share
+    keeps_model_classes: bool = False  # a fine-tune that did not adopt the data's classes
 
     @property
     def trained(self) -> torch.nn.Module:
@@ -263,6 +265,7 @@ def open_session(
     session.intensity_term = _intensity_term(session, sample, from_pretrained, restored)
     session.loss_fn = _loss(cfg, sigma_i, volumes, session.intensity_term)
     _anchor(session, restored)
+    session.keeps_model_classes = _keeps_model_classes(session, restored)
     if restored is not None:
         _restore(session, restored)
     session.ddp = parallel.wrap(model, device)
@@ -290,6 +293,18 @@ def _anchor(session: Session, restored: Checkpoint | None) -> None:
         session.anchor = {k: v.to(session.device) for k, v in restored.anchor.items()}
     else:
         session.anchor = {k: p.detach().clone() for k, p in session.model.named_parameters()}
+
+
+def _keeps_model_classes(session: Session, restored: Checkpoint | None) -> bool:
+    """A fine-tune that keeps the starting model's idea of a cell: its classes were neither
+    adopted from the data (the model's split disagreed with it) nor asked for
+    (``loss.intensity_centres=otsu``). ``stop.cell_share_drift`` watches only these."""
+    if restored is not None:
+        session.cell_share_start = restored.cell_share_start
+        return restored.cell_share_start is not None
+    adopted = any(n.kind == CLASSES_ADOPTED for n in session.notes)
+    otsu = session.cfg.loss.intensity_centres == "otsu"
+    return session.started_from is not None and not adopted and not otsu
 
 
 def _intensity_sample(volumes: Sequence[TrainingVolume]) -> np.ndarray:
