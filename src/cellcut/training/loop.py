@@ -6,9 +6,11 @@ class intensity, backward, clip); on an explosion roll back to the last good sta
 the learning rate; otherwise step the optimizer (and, with ``optimizer.anchor``, pull the
 weights back toward the starting model's); every ``log.every`` steps validate, log a row
 of ``metrics.csv`` and let the :class:`~cellcut.training.diagnostics.LossMonitor` read the
-curves; every ``log.checkpoint_every`` steps write a checkpoint. At the end the cell classes
-are decided and the final checkpoint, ``losses.png`` and ``preview.png`` written. Setting up
-and resuming happen before the loop (:mod:`cellcut.training.session`).
+curves (a fine-tune that keeps its model's classes also watches their share of the validation
+patches, and stops where it drifts: ``stop.cell_share_drift``); every
+``log.checkpoint_every`` steps write a checkpoint. At the end the cell classes are decided
+and the final checkpoint, ``losses.png`` and ``preview.png`` written. Setting up and resuming
+happen before the loop (:mod:`cellcut.training.session`).
 """
 
 from __future__ import annotations
