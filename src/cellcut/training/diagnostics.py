@@ -75,22 +75,18 @@ class CellShareWatch:
     @property
     def near_start(self) -> bool:
         """The latest share is within :data:`DRIFT_NEAR` of the start's."""
-        return bool(self.shares) and self._factor(self.shares[-1]) <= DRIFT_NEAR
+        return bool(self.shares) and 1 / DRIFT_NEAR <= self._ratio(self.shares[-1]) <= DRIFT_NEAR
 
-    def _factor(self, share: float) -> float:
-        low, high = sorted((max(share, 1e-9), max(self.start, 1e-9)))
-        return high / low
-
-    def _beyond(self, share: float) -> bool:
-        ratio = max(share, 1e-9) / max(self.start, 1e-9)
-        return ratio > self.limit or ratio < 1 / self.limit**2
+    def _ratio(self, share: float) -> float:
+        return max(share, 1e-9) / max(self.start, 1e-9)
 
     def update(self, step: int, share: float) -> Diagnosis | None:
         self.shares.append(float(share))
         if self.near_start:
             self.near_step = step
         recent = float(np.mean(self.shares[-DRIFT_WINDOW:]))
-        if len(self.shares) < DRIFT_WINDOW or not self._beyond(recent):
+        ratio = self._ratio(recent)
+        if len(self.shares) < DRIFT_WINDOW or 1 / self.limit**2 <= ratio <= self.limit:
             return None
         return Diagnosis(
             CELL_SHARE_DRIFT,

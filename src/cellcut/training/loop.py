@@ -343,23 +343,29 @@ class Trainer:
         if limit is None or not s.keeps_model_classes:
             return None
         if s.cell_share_start is None:
-            classes = self._decide_foreground()
-            s.cell_share_start = {"classes": classes, "share": self._cell_share(classes)}
+            probs = self._reference_probs()
+            classes = choose_foreground_classes(probs.cpu(), s.reference_patches)
+            s.cell_share_start = {"classes": classes, "share": self._cell_share(classes, probs)}
         start = s.cell_share_start
         return CellShareWatch(start["share"], limit, start["classes"])
 
-    def _cell_share(self, classes: list[int]) -> float:
+    def _cell_share(self, classes: list[int], probs: torch.Tensor | None = None) -> float:
         """The share of the reference patches' voxels that ``classes`` hold with probability
         over 0.5. Not the soft mass: a fine-tune that sharpens the edges of sparse nuclei
         lowers that by a fifth (light-sheet) while the cells stay the same."""
+        probs = self._reference_probs() if probs is None else probs
+        share = float((probs[:, classes].sum(1) > 0.5).float().mean())
+        return parallel.mean([share], self.session.device)[0]
+
+    def _reference_probs(self) -> torch.Tensor:
+        """The model's class probabilities on the reference patches (in eval mode)."""
         s = self.session
         was_training = s.model.training
         s.model.eval()
         with torch.inference_mode():
             probs = s.model.encode(s.reference_patches.to(s.device) / s.input_scale).float()
         s.model.train(was_training)
-        share = float((probs[:, classes].sum(1) > 0.5).float().mean())
-        return parallel.mean([share], s.device)[0]
+        return probs
 
     def _go_back_and_stop(self, drift: Diagnosis) -> None:
         """The fine-tune left the starting model's cells: back to the last state near them."""
@@ -412,13 +418,8 @@ class Trainer:
 
     def _decide_foreground(self) -> list[int]:
         """The cell classes, decided on the reference patches (validation ones, else fixed)."""
-        s = self.session
-        was_training = s.model.training
-        s.model.eval()
-        with torch.inference_mode():
-            probs = s.model.encode(s.reference_patches.to(s.device) / s.input_scale)
-        s.model.train(was_training)
-        return choose_foreground_classes(probs.float().cpu(), s.reference_patches)
+        probs = self._reference_probs()
+        return choose_foreground_classes(probs.cpu(), self.session.reference_patches)
 
     def _checkpoint(self, final: bool, ranks: list[dict[str, Any]]) -> Checkpoint:
         s, run = self.session, self.run

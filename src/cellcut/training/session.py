@@ -277,7 +277,7 @@ def _anchor(session: Session, restored: Checkpoint | None) -> None:
     fine-tuning, unless the data's classes were adopted, the model's split being wrong) and
     the weights it pulls toward (a resumed run's own, else the starting ones)."""
     value = session.cfg.optimizer.anchor
-    adopted = [n for n in session.notes if n.kind == CLASSES_ADOPTED]
+    adopted = _adopted(session)
     if value != "auto":
         strength = float(value)
     elif restored is not None:
@@ -300,11 +300,14 @@ def _keeps_model_classes(session: Session, restored: Checkpoint | None) -> bool:
     adopted from the data (the model's split disagreed with it) nor asked for
     (``loss.intensity_centres=otsu``). ``stop.cell_share_drift`` watches only these."""
     if restored is not None:
-        session.cell_share_start = restored.cell_share_start
         return restored.cell_share_start is not None
-    adopted = any(n.kind == CLASSES_ADOPTED for n in session.notes)
     otsu = session.cfg.loss.intensity_centres == "otsu"
-    return session.started_from is not None and not adopted and not otsu
+    return session.started_from is not None and not _adopted(session) and not otsu
+
+
+def _adopted(session: Session) -> list[Diagnosis]:
+    """The note that this fine-tune adopted the data's classes (empty if it did not)."""
+    return [n for n in session.notes if n.kind == CLASSES_ADOPTED]
 
 
 def _intensity_sample(volumes: Sequence[TrainingVolume]) -> np.ndarray:
@@ -478,7 +481,8 @@ def _loss(
 
 
 def _restore(session: Session, ckpt: Checkpoint) -> None:
-    """Put a resumed run's state back: optimizer, random states, history, monitor, clocks."""
+    """Put a resumed run's state back: optimizer, random states, history, monitor, clocks,
+    the starting cell share (``stop.cell_share_drift``)."""
     session.resumed = True
     session.optimizer.load_state_dict(ckpt.optimizer)
     own = ckpt.ranks[parallel.rank()] if parallel.rank() < len(ckpt.ranks) else None
@@ -487,6 +491,7 @@ def _restore(session: Session, ckpt: Checkpoint) -> None:
     run, monitor = session.run, session.monitor
     run.step = int(ckpt.step)
     run.history = list(ckpt.history)
+    session.cell_share_start = ckpt.cell_share_start
     session.lr_scale = float(ckpt.lr_scale)
     session.elapsed_before = float(ckpt.elapsed_s)
     for rec in run.history:
