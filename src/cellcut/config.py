@@ -204,6 +204,14 @@ class OptimizerConfig(_Section):
         "0: off",
     )
 
+    trainable: Literal["auto", "all", "norms"] = Field(
+        "auto",
+        description="which weights train: 'all'; 'norms': of the classifier (the U-Net that "
+        "gives the classes) only its normalization layers' scale and shift and its last 1x1 "
+        "layer, the decoder in full; 'auto': 'norms' for a fine-tune that keeps the starting "
+        "model's classes (not adopted from the data, not loss.intensity_centres=otsu), else 'all'",
+    )
+
     @field_validator("anchor", mode="before")
     @classmethod
     def _anchor(cls, value: Any) -> Any:

@@ -593,3 +593,75 @@ def test_the_cell_share_watch_only_watches_fine_tunes_that_keep_the_models_class
     assert end.for_inference().cell_share_start is None
     with pytest.raises(ConfigError, match="cell_share_drift"):
         config(stop={"cell_share_drift": 1.0})
+
+
+def _changed(model, start, names):
+    return [n for n, p in model.named_parameters() if n in names and not torch.equal(p, start[n])]
+
+
+def test_fine_tunes_that_keep_the_models_classes_train_the_norms_only(tmp_path, volume_file):
+    """``optimizer.trainable=auto``: a fine-tune that keeps the starting model's classes trains
+    the classifier's normalization layers and last layer (and the decoder); every other run,
+    and ``all``, trains every weight. A resume keeps what its run started with."""
+    from cellcut.training.session import NORMS_ONLY, fixed_by_norms_only
+
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    start = {k: v.detach().clone() for k, v in base.model.named_parameters()}
+    fixed = {n for n, p in base.model.named_parameters() if any(p is q for q in
+             fixed_by_norms_only(base.model))}  # fmt: skip
+    trained = {n for n in start if n.startswith("encoder.") and n not in fixed}
+    decoder = {n for n in start if n.startswith("decoder.")}
+    assert fixed and trained and all(n.startswith("encoder.") for n in fixed)
+    assert Checkpoint.load(base.checkpoint).trainable == "all"  # not a fine-tune
+    held = {"intensity_centres": "model"}  # a 2-step model's split would be adopted otherwise
+    norms = train(
+        [img], tmp_path / "norms", config(stop={"steps": 4}, loss=held),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    assert Checkpoint.load(norms.checkpoint).trainable == "norms"
+    assert [d.kind for d in norms.diagnoses if d.kind == NORMS_ONLY] == [NORMS_ONLY]
+    assert _changed(norms.model, start, fixed) == []
+    assert _changed(norms.model, start, trained) and _changed(norms.model, start, decoder)
+    cases = {
+        "all": config(stop={"steps": 4}, loss=held, optimizer={"trainable": "all"}),
+        "adopted": config(stop={"steps": 4}),  # the 2-step model's split disagrees: adopted
+        "otsu": config(stop={"steps": 4}, loss={"intensity_centres": "otsu"}),
+    }
+    for name, cfg in cases.items():
+        run = train([img], tmp_path / name, cfg, from_pretrained=base.checkpoint)
+        assert Checkpoint.load(run.checkpoint).trainable == "all", name
+        assert _changed(run.model, start, fixed), name
+        assert not [d for d in run.diagnoses if d.kind == NORMS_ONLY], name
+    # resumed without the cell-share watch (which would otherwise tell it was a fine-tune)
+    off = {"cell_share_drift": None}
+    part = train(
+        [img], tmp_path / "part", config(stop={"steps": 4, **off}, loss=held),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    resumed = train([], part.run_dir, resume=True, overrides=["stop.steps=8"])
+    assert resumed.step == 8 and Checkpoint.load(resumed.checkpoint).trainable == "norms"
+    assert _changed(resumed.model, start, fixed) == []
+    assert Checkpoint.load(resumed.checkpoint).for_inference().trainable is None
+    with pytest.raises(ConfigError, match="trainable"):
+        config(optimizer={"trainable": "head"})
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "instance", "none"])
+def test_norms_only_keeps_every_classifier_weight_but_norms_and_head(norm):
+    from cellcut.model import WNet3D
+    from cellcut.training.session import fixed_by_norms_only
+
+    model = WNet3D(base_width=4, depth=2, norm=norm)
+    fixed = {id(p) for p in fixed_by_norms_only(model)}
+    free = {n for n, p in model.named_parameters() if id(p) not in fixed}
+    norms = {
+        f"encoder.{m}.{n}"
+        for m, module in model.encoder.named_modules()
+        if type(module).__name__.endswith(("Norm", "Norm3d"))
+        for n, _ in module.named_parameters()
+    }
+    assert bool(norms) == (norm != "none")
+    heads = {"encoder.head.weight", "encoder.head.bias"}
+    assert {n for n in free if n.startswith("encoder.")} == heads | norms
+    assert all(n in free for n, _ in model.named_parameters() if n.startswith("decoder."))

@@ -448,6 +448,7 @@ class Trainer:
             ranks=ranks,
             anchor=None if s.anchor is None else {k: v.cpu() for k, v in s.anchor.items()},
             cell_share_start=s.cell_share_start,
+            trainable=s.trainable,
             **s.sources.record(),
         )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 import cellcut.training.parallel as parallel
 from cellcut.config import AUTO_ANCHOR, TrainConfig, apply_overrides, build_config
@@ -89,6 +90,7 @@ class Session:
     started_from: str | None = None  # the pretrained model a fine-tune started from
     cell_share_start: dict[str, Any] | None = None  # stop.cell_share_drift: classes, share
     keeps_model_classes: bool = False  # a fine-tune that did not adopt the data's classes
+    trainable: str = "all"  # optimizer.trainable resolved ("auto" decided)
 
     @property
     def trained(self) -> torch.nn.Module:
@@ -266,6 +268,7 @@ def open_session(
     session.loss_fn = _loss(cfg, sigma_i, volumes, session.intensity_term)
     _anchor(session, restored)
     session.keeps_model_classes = _keeps_model_classes(session, restored)
+    _trainable(session, restored)
     if restored is not None:
         _restore(session, restored)
     session.ddp = parallel.wrap(model, device)
@@ -293,6 +296,46 @@ def _anchor(session: Session, restored: Checkpoint | None) -> None:
         session.anchor = {k: v.to(session.device) for k, v in restored.anchor.items()}
     else:
         session.anchor = {k: p.detach().clone() for k, p in session.model.named_parameters()}
+
+
+def _trainable(session: Session, restored: Checkpoint | None) -> None:
+    """``optimizer.trainable``: "auto" is "norms" for a fine-tune that keeps the starting
+    model's classes (a resumed run keeps what it started with); "norms" fixes the rest of the
+    classifier's weights (they get no gradient, so the optimizer leaves them as they are)."""
+    value = session.cfg.optimizer.trainable
+    if value == "auto" and restored is not None:
+        value = restored.trainable or "all"
+    elif value == "auto":
+        value = "norms" if session.keeps_model_classes else "all"
+        if value == "norms":
+            session.notes.append(Diagnosis(NORMS_ONLY, 0, NORMS_ONLY_MESSAGE))
+    session.trainable = value
+    if value == "norms":
+        for p in fixed_by_norms_only(session.model):
+            p.requires_grad_(False)
+
+
+NORMS_ONLY = "norms-only"
+NORMS_ONLY_MESSAGE = (
+    "fine-tuning trains the classifier's normalization layers and last layer, and the decoder; "
+    "its other weights stay the starting model's (optimizer.trainable=auto; =all trains them all)"
+)
+NORM_LAYERS = (nn.GroupNorm, nn.BatchNorm3d, nn.InstanceNorm3d)
+
+
+def fixed_by_norms_only(model: WNet3D) -> list[nn.Parameter]:
+    """The weights ``optimizer.trainable=norms`` keeps fixed: the classifier's (the U-Net from
+    the image to the classes), except its normalization layers' scale and shift and its last
+    1x1 layer. The decoder, which only reconstructs, trains in full.
+
+    Why: on one volume the unsupervised objective pulls a pretrained model away from what
+    segments well (README, "Fine-tuning the norms only"); adapting the normalization's scale
+    and shift lets it follow the new images' contrast and noise while the features it detects
+    stay the pretrained ones."""
+    classifier = model.classifier()
+    norms = [m for m in classifier.modules() if isinstance(m, NORM_LAYERS)]
+    kept = {id(p) for m in [*norms, classifier.head] for p in m.parameters()}
+    return [p for p in classifier.parameters() if id(p) not in kept]
 
 
 def _keeps_model_classes(session: Session, restored: Checkpoint | None) -> bool:
