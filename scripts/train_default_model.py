@@ -266,7 +266,8 @@ a model, or a run warm-started from it with `scripts/train_default_model.py --fr
 
 ## Intended use and limits
 Fluorescent nuclei in light-sheet or confocal stacks, zero-shot or as a starting point for
-fine-tuning (`cellcut train --from-pretrained default`). Quality figures, including where it
+fine-tuning (`cellcut train --from-pretrained default`, which trains its classifier's
+normalization layers and last layer, `optimizer.trainable`). Quality figures, including where it
 fails (small nuclei of 2-3 voxels across in z): the README's results section.
 """
     export_model(staged, dest, card)
