@@ -603,13 +603,14 @@ def test_fine_tunes_that_keep_the_models_classes_train_the_norms_only(tmp_path, 
     """``optimizer.trainable=auto``: a fine-tune that keeps the starting model's classes trains
     the classifier's normalization layers and last layer (and the decoder); every other run,
     and ``all``, trains every weight. A resume keeps what its run started with."""
-    from cellcut.training.session import NORMS_ONLY, fixed_by_norms_only
+    from cellcut.model.network import feature_weights
+    from cellcut.training.session import NORMS_ONLY
 
     img, _ = volume_file
     base = train([img], tmp_path / "base", config(stop={"steps": 2}))
     start = {k: v.detach().clone() for k, v in base.model.named_parameters()}
     fixed = {n for n, p in base.model.named_parameters() if any(p is q for q in
-             fixed_by_norms_only(base.model))}  # fmt: skip
+             feature_weights(base.model))}  # fmt: skip
     trained = {n for n in start if n.startswith("encoder.") and n not in fixed}
     decoder = {n for n in start if n.startswith("decoder.")}
     assert fixed and trained and all(n.startswith("encoder.") for n in fixed)
@@ -650,10 +651,10 @@ def test_fine_tunes_that_keep_the_models_classes_train_the_norms_only(tmp_path, 
 @pytest.mark.parametrize("norm", ["group", "batch", "instance", "none"])
 def test_norms_only_keeps_every_classifier_weight_but_norms_and_head(norm):
     from cellcut.model import WNet3D
-    from cellcut.training.session import fixed_by_norms_only
+    from cellcut.model.network import feature_weights
 
     model = WNet3D(base_width=4, depth=2, norm=norm)
-    fixed = {id(p) for p in fixed_by_norms_only(model)}
+    fixed = {id(p) for p in feature_weights(model)}
     free = {n for n, p in model.named_parameters() if id(p) not in fixed}
     norms = {
         f"encoder.{m}.{n}"

@@ -151,6 +151,20 @@ def _norm(kind: str, channels: int, groups: int) -> nn.Module:
     return nn.Identity()
 
 
+NORM_LAYERS = (nn.GroupNorm, nn.BatchNorm3d, nn.InstanceNorm3d)
+"""The normalization layers :func:`_norm` builds (``norm="none"`` builds none)."""
+
+
+def feature_weights(model: WNet3D) -> list[nn.Parameter]:
+    """The classifier's (the U-Net from the image to the classes) weights that detect
+    features: all of them except its normalization layers' scale and shift and its last 1x1
+    layer. ``optimizer.trainable=norms`` keeps these fixed; the decoder is not among them."""
+    classifier = model.classifier()
+    norms = [m for m in classifier.modules() if isinstance(m, NORM_LAYERS)]
+    kept = {id(p) for m in [*norms, classifier.head] for p in m.parameters()}
+    return [p for p in classifier.parameters() if id(p) not in kept]
+
+
 def _act(kind: str) -> nn.Module:
     return {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}[kind]()
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 import cellcut.training.parallel as parallel
 from cellcut.config import AUTO_ANCHOR, TrainConfig, apply_overrides, build_config
@@ -26,6 +25,7 @@ from cellcut.errors import CheckpointError, ConfigError
 from cellcut.losses import ReconstructionLoss, SoftNCutLoss, WNetLoss
 from cellcut.losses.intensity import ClassIntensityLoss, initial_centres
 from cellcut.model import Checkpoint, WNet3D, resolve_model_path
+from cellcut.model.network import feature_weights
 from cellcut.normalize import suggest_intensity_sigma
 from cellcut.runtime import resolve_device
 from cellcut.training.data import (
@@ -301,7 +301,11 @@ def _anchor(session: Session, restored: Checkpoint | None) -> None:
 def _trainable(session: Session, restored: Checkpoint | None) -> None:
     """``optimizer.trainable``: "auto" is "norms" for a fine-tune that keeps the starting
     model's classes (a resumed run keeps what it started with); "norms" fixes the rest of the
-    classifier's weights (they get no gradient, so the optimizer leaves them as they are)."""
+    classifier's weights (:func:`~cellcut.model.network.feature_weights`: they get no gradient,
+    so the optimizer leaves them as they are). Why: on one volume the unsupervised objective
+    pulls a pretrained model away from what segments well (README, "Fine-tuning the norms
+    only"); the normalization's scale and shift let it follow the new images' contrast while
+    the features it detects stay the pretrained ones."""
     value = session.cfg.optimizer.trainable
     if value == "auto" and restored is not None:
         value = restored.trainable or "all"
@@ -311,7 +315,7 @@ def _trainable(session: Session, restored: Checkpoint | None) -> None:
             session.notes.append(Diagnosis(NORMS_ONLY, 0, NORMS_ONLY_MESSAGE))
     session.trainable = value
     if value == "norms":
-        for p in fixed_by_norms_only(session.model):
+        for p in feature_weights(session.model):
             p.requires_grad_(False)
 
 
@@ -320,22 +324,6 @@ NORMS_ONLY_MESSAGE = (
     "fine-tuning trains the classifier's normalization layers and last layer, and the decoder; "
     "its other weights stay the starting model's (optimizer.trainable=auto; =all trains them all)"
 )
-NORM_LAYERS = (nn.GroupNorm, nn.BatchNorm3d, nn.InstanceNorm3d)
-
-
-def fixed_by_norms_only(model: WNet3D) -> list[nn.Parameter]:
-    """The weights ``optimizer.trainable=norms`` keeps fixed: the classifier's (the U-Net from
-    the image to the classes), except its normalization layers' scale and shift and its last
-    1x1 layer. The decoder, which only reconstructs, trains in full.
-
-    Why: on one volume the unsupervised objective pulls a pretrained model away from what
-    segments well (README, "Fine-tuning the norms only"); adapting the normalization's scale
-    and shift lets it follow the new images' contrast and noise while the features it detects
-    stay the pretrained ones."""
-    classifier = model.classifier()
-    norms = [m for m in classifier.modules() if isinstance(m, NORM_LAYERS)]
-    kept = {id(p) for m in [*norms, classifier.head] for p in m.parameters()}
-    return [p for p in classifier.parameters() if id(p) not in kept]
 
 
 def _keeps_model_classes(session: Session, restored: Checkpoint | None) -> bool:
