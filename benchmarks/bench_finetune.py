@@ -15,6 +15,8 @@ Variants (settings on top of the defaults):
   and the decoder (what ``auto`` gives a fine-tune that keeps the model's classes);
 - ``norms-unanchored``: ``norms`` without the pull back to the starting weights
   (``optimizer.anchor=0``);
+- ``norms-anchor30``: ``norms`` with a pull 10x weaker than the default's
+  (``optimizer.anchor=30``: 3% of the way back per step at the default learning rate);
 - ``auto``: the defaults as they are;
 - ``augment``: ``all`` with strong intensity, blur and noise changes on the network's input only
   (the recipe of ``configs/general_model.yaml``).
@@ -30,7 +32,8 @@ Usage::
 
 Prints a table (F1 per volume and variant, and each variant's mean, worst and count of volumes
 more than 0.02 below zero-shot) and writes ``benchmarks/results/NAME.json``; every finished job
-is appended to ``benchmarks/results/NAME.jsonl`` as it ends, so a run cut short keeps them.
+is appended to ``benchmarks/results/NAME.jsonl`` as it ends, so a run cut short keeps them; a run
+stopped with Ctrl-C or ``kill`` still writes the JSON of the jobs that finished (``cut_short``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
 import sys
 import tempfile
 import time
@@ -60,6 +64,7 @@ VARIANTS: dict[str, dict[str, str] | None] = {
     "all": {"optimizer.trainable": "all"},
     "norms": {"optimizer.trainable": "norms"},
     "norms-unanchored": {"optimizer.trainable": "norms", "optimizer.anchor": 0.0},
+    "norms-anchor30": {"optimizer.trainable": "norms", "optimizer.anchor": 30.0},
     "auto": {},
     "augment": {"optimizer.trainable": "all", **AUGMENT},
 }
@@ -158,12 +163,18 @@ def main() -> None:
     rows: list[dict] = []
     t0 = time.perf_counter()
     context = mp.get_context("spawn")
-    with context.Pool(args.workers, maxtasksperchild=1) as pool, log.open("w") as f:
-        for r in pool.imap_unordered(job, jobs):
-            rows.append(r)
-            f.write(json.dumps(r) + "\n")
-            f.flush()
-            print(f"[{time.perf_counter() - t0:6.0f} s] {r}", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill: keep what finished
+    cut_short = False
+    try:
+        with context.Pool(args.workers, maxtasksperchild=1) as pool, log.open("w") as f:
+            for r in pool.imap_unordered(job, jobs):
+                rows.append(r)
+                f.write(json.dumps(r) + "\n")
+                f.flush()
+                print(f"[{time.perf_counter() - t0:6.0f} s] {r}", flush=True)
+    except KeyboardInterrupt:
+        cut_short = True
+        print(f"cut short: {len(rows)} of {len(jobs)} jobs finished", flush=True)
     stats = summary(rows, args.variants)
     harness.write_json(
         args.out,
@@ -171,6 +182,7 @@ def main() -> None:
             "steps": args.steps,
             "device": args.device,
             "workers": args.workers,
+            "cut_short": cut_short,
             "machine": harness.machine(),
             "rows": rows,
             "summary": stats,
