@@ -34,6 +34,8 @@ Prints a table (F1 per volume and variant, and each variant's mean, worst and co
 more than 0.02 below zero-shot) and writes ``benchmarks/results/NAME.json``; every finished job
 is appended to ``benchmarks/results/NAME.jsonl`` as it ends, so a run cut short keeps them; a run
 stopped with Ctrl-C or ``kill`` still writes the JSON of the jobs that finished (``cut_short``).
+With ``--runs DIR`` every fine-tune is kept there, and a later run with the same ``DIR`` scores
+the kept models again instead of training them (after a change to the instance step, say).
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ VARIANTS: dict[str, dict[str, str] | None] = {
 MARGIN = 0.02  # the issue's bar: a fine-tune never more than this below zero-shot
 
 
-def job(spec: tuple[str, str, int, str]) -> dict:
-    """One fine-tune (or zero-shot) on one volume, scored."""
-    volume, variant, steps, device = spec
+def job(spec: tuple[str, str, int, str, str | None]) -> dict:
+    """One fine-tune (or zero-shot) on one volume, scored; with ``runs``, the fine-tune is kept
+    in ``runs/VOLUME/VARIANT`` and, where it is there already, scored again, not retrained."""
+    volume, variant, steps, device, runs = spec
     import torch
 
     import bench_regimes
@@ -87,12 +90,14 @@ def job(spec: tuple[str, str, int, str]) -> dict:
     image, truth, voxel_size = found
     settings = VARIANTS[variant]
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(runs) / volume.replace("/", "-") / variant if runs else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         result = bench_regimes.cellcut_side(
             "zero-shot" if settings is None else "fine-tune",
             image,
             truth,
             voxel_size,
-            Path(tmp),
+            folder,
             1e6,  # minutes: the steps decide
             "default",
             device,
@@ -150,6 +155,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default="finetune")
+    ap.add_argument(
+        "--runs", default=None, help="keep each fine-tune here; one found there is scored again"
+    )
     args = ap.parse_args()
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
@@ -157,7 +165,7 @@ def main() -> None:
     volumes = args.volumes or [f"{r}/{s}" for s in args.seeds for r in args.regimes]
     if not args.volumes and not args.no_embryo:
         volumes += ["embryo-8cell", "embryo-16cell"]
-    jobs = [(v, k, args.steps, args.device) for v in volumes for k in args.variants]
+    jobs = [(v, k, args.steps, args.device, args.runs) for v in volumes for k in args.variants]
     harness.RESULTS.mkdir(exist_ok=True)
     log = harness.RESULTS / f"{args.out}.jsonl"
     rows: list[dict] = []
