@@ -226,3 +226,32 @@ def test_split_necks_keeps_a_part_no_seed_reaches_as_its_own_piece():
     crumb = split[9:11, 14:16, 20:22]
     assert len(np.unique(crumb)) == 1
     assert crumb[0, 0, 0] not in (split[10, 15, 12], split[10, 15, 32])
+
+
+def test_distance_watershed_splits_the_same_shape_at_any_voxel_size():
+    # two overlapping nuclei (radius 12 voxels, centres 11 apart): the same voxels, sampled at
+    # 0.127 µm (the plant-nuclei regime), 1 µm and 4 µm, with seeds half a radius apart, must
+    # split alike; a blur fixed in µm (the earlier 0.5 µm + half a voxel) merged them at 0.127
+    from cellcut.postprocess import distance_watershed
+
+    shape = (30, 40, 60)
+    mask = ball(shape, (15, 20, 24.5), 12.0) | ball(shape, (15, 20, 35.5), 12.0)
+    results = [distance_watershed(mask, 6.0 * k, (k, k, k)) for k in (0.127, 1.0, 4.0)]
+    assert results[1].max() == 2
+    for labels in results:
+        assert np.array_equal(labels, results[1])
+
+
+def test_distance_watershed_splits_plant_like_nuclei_anisotropic():
+    # the plant-nuclei regime's voxel (0.284, 0.127, 0.127) µm, nuclei of radius 1.5 µm whose
+    # centres are 1.4 µm apart along x, and a third alone: three objects
+    from cellcut.postprocess import distance_watershed
+
+    vs = (0.284, 0.127, 0.127)
+    shape = (24, 40, 100)
+    mask = ball(shape, (12, 20, 29.5), 1.5, vs) | ball(shape, (12, 20, 40.5), 1.5, vs)
+    mask |= ball(shape, (12, 20, 80), 1.5, vs)
+    labels = distance_watershed(mask, 0.75, vs)
+    assert labels.max() == 3
+    assert labels[12, 20, 24] != labels[12, 20, 46]
+    assert np.array_equal(labels > 0, mask)
