@@ -255,3 +255,43 @@ def test_distance_watershed_splits_plant_like_nuclei_anisotropic():
     assert labels.max() == 3
     assert labels[12, 20, 24] != labels[12, 20, 46]
     assert np.array_equal(labels > 0, mask)
+
+
+def test_auto_method_wants_a_clearly_smaller_spread_for_voronoi_otsu_among_many_objects():
+    from cellcut.postprocess import AUTO_MARGIN, AUTO_MIN_OBJECTS, auto_method
+
+    many = {"voronoi-otsu": AUTO_MIN_OBJECTS, "watershed": AUTO_MIN_OBJECTS + 5}
+    few = {"voronoi-otsu": AUTO_MIN_OBJECTS - 1, "watershed": AUTO_MIN_OBJECTS + 5}
+    ws = 0.35
+    slightly = {"voronoi-otsu": 0.95 * ws, "watershed": ws}  # smaller, within the margin
+    clearly = {"voronoi-otsu": 0.99 * AUTO_MARGIN * ws, "watershed": ws}
+    assert auto_method(slightly, many) == "watershed"
+    assert auto_method(clearly, many) == "voronoi-otsu"
+    # few objects: the smaller spread, ties to Voronoi-Otsu
+    assert auto_method(slightly, few) == "voronoi-otsu"
+    assert auto_method({"voronoi-otsu": ws, "watershed": ws}, few) == "voronoi-otsu"
+    assert auto_method({"voronoi-otsu": ws, "watershed": 0.9 * ws}, few) == "watershed"
+    # no objects at all: infinite spreads, a tie
+    assert (
+        auto_method(
+            {"voronoi-otsu": np.inf, "watershed": np.inf}, {"voronoi-otsu": 0, "watershed": 0}
+        )
+        == "voronoi-otsu"
+    )
+
+
+def test_auto_instances_split_many_touching_pairs_with_the_watershed():
+    from cellcut.postprocess import AUTO_MIN_OBJECTS, choose_instances
+
+    rng = np.random.default_rng(3)
+    shape = (24, 96, 200)
+    mask, n = np.zeros(shape, bool), 0
+    for y in (14, 40, 66):
+        for x in range(12, 190, 26):
+            r = rng.uniform(4.5, 5.5)
+            mask |= ball(shape, (12, y, x), r)
+            mask |= ball(shape, (12, y, x + 7), r)  # a touching pair
+            n += 2
+    assert n >= AUTO_MIN_OBJECTS
+    labels, chosen = choose_instances(mask.astype(np.float32), min_distance=2.5)
+    assert chosen == "watershed" and labels.max() == n
