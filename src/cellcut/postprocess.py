@@ -210,7 +210,7 @@ radius, enough to merge the ridges a rough outline leaves and too little to fill
 between two touching nuclei. It scales with the nuclei, not with the voxel: the earlier blur
 (half the finest voxel plus 0.5 µm) was 37% of the radius at the plant-nuclei regime's
 0.127 µm voxels and merged touching nuclei there. Chosen on the regime suite's seeds 0-3
-among 0.1, 0.2 and 0.3 (README, *Results*)."""
+among 0.1, 0.2 and 0.3 (README, *The instance step*)."""
 
 
 def distance_watershed(
