@@ -292,6 +292,34 @@ def test_anchored_fine_tuning_resumes_exactly_and_ships_without_its_anchor(tmp_p
         config(optimizer={"anchor": -1})
 
 
+def test_resume_keeps_the_anchor_strength_the_run_started_with(tmp_path, volume_file, monkeypatch):
+    from cellcut.training import session as session_module
+
+    img, _ = volume_file
+    base = train([img], tmp_path / "base", config(stop={"steps": 2}))
+    keep = {"intensity_centres": "model"}  # not adopted: "auto" anchors this fine-tune
+    full = train(
+        [img], tmp_path / "full", config(stop={"steps": 8}, loss=keep),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    part = train(
+        [img], tmp_path / "part", config(stop={"steps": 4}, loss=keep),
+        from_pretrained=base.checkpoint,
+    )  # fmt: skip
+    assert Checkpoint.load(part.checkpoint).anchor_strength == session_module.AUTO_ANCHOR
+    monkeypatch.setattr(session_module, "AUTO_ANCHOR", 1.0)  # a later cellcut's default
+    resumed = train([], tmp_path / "part", resume=True, overrides=["stop.steps=8"])
+    for (name, pa), pb in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(pa, pb, msg=name)
+    legacy = Checkpoint.load(part.checkpoint)
+    legacy.anchor_strength = None  # a file written before the strength was recorded
+    assert session_module._restored_strength(legacy) == session_module.LEGACY_AUTO_ANCHOR
+    legacy.anchor = None
+    assert session_module._restored_strength(legacy) == 0.0
+
+
 def test_callback_can_stop_training(tmp_path, volume_file):
     img, _ = volume_file
 

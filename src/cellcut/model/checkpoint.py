@@ -4,9 +4,9 @@
 (enough to rebuild the network without the code that trained it), what inference needs (cell
 classes, normalization, σ_I, input scale), and the training state that makes ``--resume``
 exact (optimizer, random-number states, step, elapsed time, learning-rate scale, the loss
-monitor's memory, the starting weights that ``optimizer.anchor`` pulls toward, the starting
-model's cell share that ``stop.cell_share_drift`` compares with, which weights train
-(``optimizer.trainable``)). It is written
+monitor's memory, the starting weights that ``optimizer.anchor`` pulls toward and how hard,
+the starting model's cell share that ``stop.cell_share_drift`` compares with, which weights
+train (``optimizer.trainable``)). It is written
 and read here only: atomically, and with ``weights_only=True`` (no arbitrary code runs on
 load).
 """
@@ -65,6 +65,7 @@ class Checkpoint:
     final: bool = False
     ranks: list[dict[str, Any]] = field(default_factory=list)  # torchrun: each rank's RNGs
     anchor: dict[str, torch.Tensor] | None = None  # optimizer.anchor: the starting weights
+    anchor_strength: float | None = None  # optimizer.anchor resolved; None: an older file
     cell_share_start: dict[str, Any] | None = None  # stop.cell_share_drift: classes, share
     trainable: str | None = None  # optimizer.trainable resolved ("auto" decided); None: "all"
 
@@ -80,6 +81,7 @@ class Checkpoint:
         "final",
         "ranks",
         "anchor",
+        "anchor_strength",
         "cell_share_start",
         "trainable",
     )

@@ -447,6 +447,7 @@ class Trainer:
             final=final,
             ranks=ranks,
             anchor=None if s.anchor is None else {k: v.cpu() for k, v in s.anchor.items()},
+            anchor_strength=s.anchor_strength,
             cell_share_start=s.cell_share_start,
             trainable=s.trainable,
             **s.sources.record(),

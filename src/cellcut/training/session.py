@@ -284,7 +284,7 @@ def _anchor(session: Session, restored: Checkpoint | None) -> None:
     if value != "auto":
         strength = float(value)
     elif restored is not None:
-        strength = AUTO_ANCHOR if restored.anchor is not None else 0.0
+        strength = _restored_strength(restored)
     else:
         strength = AUTO_ANCHOR if session.started_from is not None and not adopted else 0.0
     for note in adopted if value == "auto" else []:
@@ -296,6 +296,19 @@ def _anchor(session: Session, restored: Checkpoint | None) -> None:
         session.anchor = {k: v.to(session.device) for k, v in restored.anchor.items()}
     else:
         session.anchor = {k: p.detach().clone() for k, p in session.model.named_parameters()}
+
+
+LEGACY_AUTO_ANCHOR = 300.0
+"""What ``optimizer.anchor="auto"`` was when a checkpoint did not yet record its strength."""
+
+
+def _restored_strength(restored: Checkpoint) -> float:
+    """The strength a resumed run was trained with: the checkpoint's record, so that a change
+    of :data:`~cellcut.config.AUTO_ANCHOR` does not alter a run half-way; an older file holding
+    an anchor but no strength was trained with :data:`LEGACY_AUTO_ANCHOR`."""
+    if restored.anchor_strength is not None:
+        return float(restored.anchor_strength)
+    return LEGACY_AUTO_ANCHOR if restored.anchor is not None else 0.0
 
 
 def _trainable(session: Session, restored: Checkpoint | None) -> None:
