@@ -5,7 +5,9 @@ Each regime of :data:`cellcut.synthetic.REGIMES` (light-sheet sparse, plant-tiss
 dense and grainy, dim, packed, small, large, anisotropic, unevenly lit, saturated 8-bit, nuclei
 in a dim tissue body) is generated at scoring seeds (below 1000; the shipped model trains on
 seeds from 1000 with its own parameter draws), plus the real embryo volumes of ../shared/data
-where present. Per volume:
+where present; with ``--development N``, also N development volumes drawn from the training
+distribution at seeds of their own (``dev/SEED``, :data:`DEVELOPMENT_SEED_BASE`), on which a
+rule is designed before the suite checks it. Per volume:
 
 - ``voronoi-otsu`` and ``watershed``: the classical methods on the raw image, automatic
   parameters (cellcut.postprocess with Otsu's threshold; the seed distance and speck floor
@@ -25,7 +27,8 @@ Scores: instance F1 at IoU 0.5 and foreground Dice. Every training runs on 2 thr
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_regimes.py [--minutes 5] [--sides ...] [--regimes ...]
+    .venv/bin/python benchmarks/bench_regimes.py [--minutes 5] [--sides ...] [--regimes ...] \\
+        [--development 60]
 
 Prints a table, writes ``benchmarks/results/regimes.json`` and ``docs/regimes.png``.
 """
@@ -49,14 +52,41 @@ SIDES = ("voronoi-otsu", "watershed", "zero-shot", "fine-tune", "scratch", "refe
 EMBRYO_VOXEL = (2.18, 1.0, 1.0)
 
 
-def volumes(regimes: list[str], seeds: list[int], embryo: bool, artifacts: bool = False):
+DEVELOPMENT_SEED_BASE = 90000
+"""Development volumes: generator settings drawn by :func:`cellcut.synthetic.random_regime`
+(the training distribution) at seeds from here, far from the training volumes' (1000 on) and
+never scored in the suite's table: what a rule is designed on before the suite checks it."""
+
+
+def development_volume(seed: int):
+    """The development volume of ``seed`` (:data:`DEVELOPMENT_SEED_BASE` and up): its settings
+    drawn from a generator of that seed, its nuclei made with the same seed."""
+    import numpy as np
+
+    from cellcut.synthetic import make_nuclei_volume, random_regime
+
+    if seed < DEVELOPMENT_SEED_BASE:
+        raise ValueError(f"development seeds start at {DEVELOPMENT_SEED_BASE}")
+    return make_nuclei_volume(seed=seed, **random_regime(np.random.default_rng(seed)))
+
+
+def volumes(
+    regimes: list[str],
+    seeds: list[int],
+    embryo: bool,
+    artifacts: bool = False,
+    development: int = 0,
+):
     """(name, image, labels, voxel size) for every regime and seed (and, with ``artifacts``,
-    the same nuclei under every artifact of :data:`cellcut.artifacts.KINDS`), then the embryo
-    volumes."""
+    the same nuclei under every artifact of :data:`cellcut.artifacts.KINDS`), then the first
+    ``development`` development volumes (``dev/SEED``), then the embryo volumes."""
     import tifffile
 
     from cellcut.synthetic import regime_volume
 
+    for seed in range(DEVELOPMENT_SEED_BASE, DEVELOPMENT_SEED_BASE + development):
+        v = development_volume(seed)
+        yield f"dev/{seed}", v.image, v.labels, v.voxel_size
     for name in regimes:
         for seed in seeds:
             v = regime_volume(name, seed)
@@ -189,6 +219,14 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--no-embryo", action="store_true")
     ap.add_argument("--artifacts", action="store_true", help="also each regime with artifacts")
+    ap.add_argument(
+        "--development",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"also the first N development volumes (random_regime, seeds from "
+        f"{DEVELOPMENT_SEED_BASE}); the summary gives their mean per side",
+    )
     ap.add_argument("--device", default="cpu", help="where cellcut trains and segments")
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
@@ -210,7 +248,7 @@ def main() -> None:
 
     rows: dict[str, dict] = {}
     t0 = time.perf_counter()
-    every = volumes(args.regimes, args.seeds, not args.no_embryo, args.artifacts)
+    every = volumes(args.regimes, args.seeds, not args.no_embryo, args.artifacts, args.development)
     for name, image, truth, voxel_size in every:
         rows[name] = {}
         sides = list(args.sides)
@@ -244,6 +282,7 @@ def main() -> None:
                 "device": args.device,
                 "settings": args.set,
                 "rows": rows,
+                "means": means(rows),
             },
         )
     header = ["volume", *[f"{s} F1/Dice" for s in SIDES if any(s in r for r in rows.values())]]
@@ -256,7 +295,32 @@ def main() -> None:
                 cells.append(f"{r['f1']:.2f}/{r['dice']:.2f}" if r and "f1" in r else "")
         table.append(cells)
     print(harness.table(table, header))
-    plot(rows, Path(__file__).resolve().parents[1] / "docs" / f"{args.out}.png")
+    for kind, by_side in means(rows).items():
+        print(f"mean F1, {kind}: " + ", ".join(f"{k} {v}" for k, v in by_side.items()))
+    suite = {n: r for n, r in rows.items() if group(n) != "development"}
+    if suite:
+        plot(suite, Path(__file__).resolve().parents[1] / "docs" / f"{args.out}.png")
+
+
+def group(name: str) -> str:
+    """Which mean a volume counts in: ``development``, ``embryo`` or ``regimes``."""
+    if name.startswith("dev/"):
+        return "development"
+    return "embryo" if name.startswith("embryo") else "regimes"
+
+
+def means(rows: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Per group of volumes (:func:`group`) and side: mean F1 over the volumes scored, and how
+    many."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, result in rows.items():
+        for side, r in result.items():
+            if "f1" in r:
+                out.setdefault(group(name), {}).setdefault(side, []).append(r["f1"])
+    return {
+        g: {s: {"mean_f1": round(sum(v) / len(v), 4), "volumes": len(v)} for s, v in sides.items()}
+        for g, sides in out.items()
+    }
 
 
 @contextlib.contextmanager
