@@ -41,6 +41,7 @@ the kept models again instead of training them (after a change to the instance s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import signal
@@ -89,8 +90,11 @@ def job(spec: tuple[str, str, int, str, str | None]) -> dict:
         return {"volume": volume, "variant": variant, "skipped": "volume not found"}
     image, truth, voxel_size = found
     settings = VARIANTS[variant]
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(runs) / volume.replace("/", "-") / variant if runs else Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if runs:
+            folder = Path(runs) / volume.replace("/", "-") / variant
+        else:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         folder.mkdir(parents=True, exist_ok=True)
         result = bench_regimes.cellcut_side(
             "zero-shot" if settings is None else "fine-tune",
