@@ -65,6 +65,41 @@ def test_foreground_far_from_the_image_split_is_said():
     assert "2.0%" in findings[0].message and "20.0%" in findings[0].message
 
 
+def test_one_object_across_the_volume_is_said_merged():
+    volumes = np.concatenate([[4000.0], np.full(30, 4 / 3 * np.pi * 27)])
+    spans = np.full((31, 3), 0.1)
+    spans[0] = (0.9, 0.6, 0.55)
+    findings = check_segmentation(volumes, 0.2, FP, spans=spans)
+    assert [f.kind for f in findings] == ["merged"]
+    assert "90% × 60% × 55%" in findings[0].message and "--min-distance" in findings[0].message
+
+
+@pytest.mark.parametrize(
+    ("share_of_cells", "span"),
+    [(0.2, (0.9, 0.9, 0.9)), (0.9, (0.9, 0.9, 0.45))],  # a small share; short along one axis
+)
+def test_a_large_object_is_not_called_merged_below_either_bound(share_of_cells, span):
+    rest = np.full(30, 4 / 3 * np.pi * 27)
+    largest = share_of_cells * rest.sum() / (1 - share_of_cells)
+    spans = np.full((31, 3), 0.1)
+    spans[0] = span
+    volumes = np.concatenate([[largest], rest])
+    assert "merged" not in [f.kind for f in check_segmentation(volumes, 0.2, FP, spans=spans)]
+
+
+def test_segment_says_merged_when_one_blob_fills_the_volume(tmp_path):
+    """End to end, through the statistics' bounding boxes: the shipped model on one bright
+    body that fills most of a small volume."""
+    from cellcut.segmentation import segment
+
+    zz, yy, xx = np.ogrid[:40, :48, :48]
+    body = ((zz - 20) / 17.0) ** 2 + ((yy - 24) / 21.0) ** 2 + ((xx - 24) / 21.0) ** 2 <= 1
+    rng = np.random.default_rng(0)
+    image = (100 + 900 * body + rng.normal(0, 20, body.shape)).astype(np.float32)
+    result = segment(image, None, model="default", voxel_size=(1.0, 1.0, 1.0))
+    assert any(w.startswith("one object holds") for w in result.warnings), result.warnings
+
+
 def test_segment_reports_the_self_check(tmp_path):
     """End to end: an untrained model's speckle on a grainy regime draws a warning."""
     from tests.helpers import untrained_model

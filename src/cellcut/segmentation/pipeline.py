@@ -463,7 +463,12 @@ def _self_check(
     columns = rows.columns
     fraction = float(columns["area"].sum()) / float(np.prod(shape))
     voxel_volume = float(np.prod(voxel_size)) if voxel_size else 1.0
-    findings = check_segmentation(columns["volume_um3"], fraction, fingerprint, voxel_volume)
+    lo = np.stack([columns[f"bbox-{axis}"] for axis in range(3)], axis=1)
+    hi = np.stack([columns[f"bbox-{axis + 3}"] for axis in range(3)], axis=1)
+    spans = (hi - lo) / np.asarray(shape[-3:], dtype=np.float64)
+    findings = check_segmentation(
+        columns["volume_um3"], fraction, fingerprint, voxel_volume, spans=spans
+    )
     return [f.message for f in findings]
 
 
