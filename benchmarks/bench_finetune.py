@@ -66,6 +66,7 @@ VARIANTS: dict[str, dict[str, str] | None] = {
     "zero-shot": None,
     "all": {"optimizer.trainable": "all"},
     "norms": {"optimizer.trainable": "norms"},
+    "norms-seed1": {"optimizer.trainable": "norms", "seed": "1"},  # the default, another draw
     "norms-unanchored": {"optimizer.trainable": "norms", "optimizer.anchor": 0.0},
     "norms-anchor30": {"optimizer.trainable": "norms", "optimizer.anchor": 30.0},
     "auto": {},
