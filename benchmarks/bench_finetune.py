@@ -17,6 +17,8 @@ Variants (settings on top of the defaults):
   (``optimizer.anchor=0``);
 - ``norms-anchor30``: ``norms`` with a pull 10x weaker than the default's
   (``optimizer.anchor=30``: 3% of the way back per step at the default learning rate);
+- ``norms-seed1``, ``norms-anchor30-seed1``: ``norms`` and ``norms-anchor30`` with another
+  sampling seed (``seed=1``: other patches and augmentations), to measure a repeat's wobble;
 - ``auto``: the defaults as they are;
 - ``augment``: ``all`` with strong intensity, blur and noise changes on the network's input only
   (the recipe of ``configs/general_model.yaml``).
@@ -69,6 +71,7 @@ VARIANTS: dict[str, dict[str, str] | None] = {
     "norms-seed1": {"optimizer.trainable": "norms", "seed": "1"},  # the default, another draw
     "norms-unanchored": {"optimizer.trainable": "norms", "optimizer.anchor": 0.0},
     "norms-anchor30": {"optimizer.trainable": "norms", "optimizer.anchor": 30.0},
+    "norms-anchor30-seed1": {"optimizer.trainable": "norms", "optimizer.anchor": 30.0, "seed": "1"},
     "auto": {},
     "augment": {"optimizer.trainable": "all", **AUGMENT},
 }
