@@ -71,3 +71,52 @@ def test_uint16_output_and_bad_arguments():
         make_nuclei_volume((8, 16))
     with pytest.raises(ValueError, match="voxel_size"):
         make_nuclei_volume((8, 16, 16), voxel_size=(1, 0, 1))
+
+
+def _clean(seed: int, **kw):
+    """Nearly noise-free and unblurred: what the generator drew is what the image shows."""
+    return make_nuclei_volume(
+        (24, 64, 64), seed=seed, voxel_size=(1.0, 0.5, 0.5), radius_um=(4.0, 5.0),
+        photons=1e7, read_noise=0.0, psf_sigma_um=(0.01, 0.01, 0.01), texture=0.0, **kw,
+    )  # fmt: skip
+
+
+def test_nucleoli_darken_and_chromocenters_brighten_inside_nuclei_only():
+    plain = _clean(5)
+    sub = _clean(5, nucleoli=1.0, chromocenters=6)
+    np.testing.assert_array_equal(plain.labels, sub.labels)  # the same nuclei in the truth
+    inside = plain.labels > 0
+    ratio = sub.image / np.maximum(plain.image, 1e-6)
+    # nothing changes outside the nuclei
+    assert np.abs(ratio[~inside] - 1).max() < 0.05
+    dark, bright = (ratio < 0.4) & inside, (ratio > 1.8) & inside
+    with_nucleolus = with_foci = 0
+    for i, box in enumerate(ndi.find_objects(plain.labels), start=1):
+        own = plain.labels[box] == i
+        share = dark[box][own].mean()
+        assert share < 0.2, f"nucleus {i}: a nucleolus of {share:.0%} of its volume"
+        with_nucleolus += share > 0.005
+        with_foci += bright[box][own].any()
+    assert with_nucleolus >= 0.8 * plain.n_nuclei
+    assert with_foci >= 0.6 * plain.n_nuclei
+
+
+def test_substructure_is_off_by_default_and_its_own_random_stream():
+    a = _clean(2)
+    b = _clean(2, nucleoli=0.0, chromocenters=0)
+    np.testing.assert_array_equal(a.image, b.image)
+    with_dark = _clean(2, nucleoli=1.0)
+    np.testing.assert_array_equal(a.labels, with_dark.labels)
+    assert (with_dark.image < a.image - 0.1 * a.image.max()).any()
+
+
+def test_the_nucleoli_regime_is_the_plant_regime_with_substructure():
+    from cellcut.synthetic import REGIMES, regime_volume
+
+    extra = set(REGIMES["confocal-nucleoli"]) - set(REGIMES["confocal-dense-grainy"])
+    assert extra == {"nucleoli", "chromocenters"}
+    plain = regime_volume("confocal-dense-grainy", 3)
+    sub = regime_volume("confocal-nucleoli", 3)
+    np.testing.assert_array_equal(plain.labels, sub.labels)
+    inside = plain.labels > 0
+    assert sub.image[inside].mean() != plain.image[inside].mean()
