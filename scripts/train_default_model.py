@@ -78,6 +78,11 @@ def main() -> None:
     ap.add_argument(
         "--from-pretrained", default=None, help="start from this model (default, or a path)"
     )
+    ap.add_argument(
+        "--substructure",
+        action="store_true",
+        help="synthetic volumes with nucleoli and chromocenters (random_regime's substructure)",
+    )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument(
         "--soup", nargs="+", metavar="RUN", help="ship the average of these runs; train nothing"
@@ -105,7 +110,7 @@ def main() -> None:
     rng = np.random.default_rng(TRAINING_SEED_BASE)
     for i in range(args.regimes):
         seed = TRAINING_SEED_BASE + i
-        settings = random_regime(rng)
+        settings = random_regime(rng, substructure=args.substructure)
         v = make_nuclei_volume(seed=seed, **settings)
         path = synth_dir / f"synthetic_{seed}.tif"
         tifffile.imwrite(path, v.image)

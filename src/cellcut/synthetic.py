@@ -466,15 +466,17 @@ or those exact settings."""
 TRAINING_SEED_BASE = 1000
 
 
-def random_regime(rng: np.random.Generator) -> dict:
-    """Generator settings drawn from the ranges the regimes span, for training volumes."""
+def random_regime(rng: np.random.Generator, substructure: bool = False) -> dict:
+    """Generator settings drawn from the ranges the regimes span, for training volumes; with
+    ``substructure``, also nucleoli and chromocenters, drawn last: the other settings of this
+    draw are those the generator gives without them (its later draws then differ)."""
     anisotropy = float(rng.choice([1.0, 1.5, 2.0, 2.5, 3.0]))
     pixel = float(rng.uniform(0.3, 1.5))
     radius_vox = float(rng.uniform(2.5, 14.0))  # nucleus radius in (y, x) pixels
     r = radius_vox * pixel
     level = float(np.exp(rng.uniform(np.log(0.06), np.log(1.0))))
     side = int(rng.choice([64, 80, 96]))
-    return dict(
+    settings = dict(
         shape=(max(16, int(side / anisotropy)), side, side),
         voxel_size=(pixel * anisotropy, pixel, pixel),
         radius_um=(0.85 * r, 1.15 * r),
@@ -494,6 +496,10 @@ def random_regime(rng: np.random.Generator) -> dict:
         tissue=float(rng.choice([0.0, rng.uniform(0.05, 0.3)])),
         dtype=str(rng.choice(["uint8", "uint16", "float32"])),
     )
+    if substructure:
+        settings["nucleoli"] = float(rng.choice([0.0, rng.uniform(0.3, 1.0)]))
+        settings["chromocenters"] = int(rng.integers(0, 9))
+    return settings
 
 
 def regime_volume(name: str, seed: int = 0, artifacts: bool = False) -> SyntheticVolume:

@@ -120,3 +120,16 @@ def test_the_nucleoli_regime_is_the_plant_regime_with_substructure():
     np.testing.assert_array_equal(plain.labels, sub.labels)
     inside = plain.labels > 0
     assert sub.image[inside].mean() != plain.image[inside].mean()
+
+
+def test_random_regime_substructure_adds_to_the_same_draw():
+    from cellcut.synthetic import random_regime
+
+    seen = set()
+    for seed in range(20):
+        plain = random_regime(np.random.default_rng(seed))
+        sub = random_regime(np.random.default_rng(seed), substructure=True)
+        assert {k: v for k, v in sub.items() if k not in ("nucleoli", "chromocenters")} == plain
+        assert 0.0 <= sub["nucleoli"] <= 1.0 and 0 <= sub["chromocenters"] <= 8
+        seen.add(sub["nucleoli"] > 0)
+    assert seen == {True, False}
