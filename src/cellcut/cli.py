@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifacts", type=int, default=0, help="number of bright non-cell blobs")
     p.add_argument("--dtype", choices=("float32", "uint16"), default="uint16")
+    p.add_argument(
+        "--nucleoli", type=float, default=0.0, help="share of nuclei with a dark nucleolus"
+    )
+    p.add_argument(
+        "--chromocenters", type=int, default=0, help="up to this many bright foci per nucleus"
+    )
+    p.add_argument(
+        "--regime",
+        help="instead: the scoring volume of a named imaging regime (cellcut.synthetic.REGIMES; "
+        "seed under 1000), with its own shape, voxel size and type; the generator flags above "
+        "are then not used",
+    )
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser(
@@ -253,20 +265,25 @@ def _synth(args: argparse.Namespace) -> int:
     from cellcut.errors import ConfigError
     from cellcut.io import check_voxel_size, write_volume
     from cellcut.outputs import OutputSet, split_location
-    from cellcut.synthetic import make_nuclei_volume
+    from cellcut.synthetic import make_nuclei_volume, regime_volume
 
     out_path, _ = split_location(args.out)
     labels_path = args.labels or _sibling(args.out, "_labels")
     outputs = OutputSet({"image": args.out, "labels": labels_path}, overwrite=args.overwrite)
     outputs.check()
     try:
-        vol = make_nuclei_volume(
-            args.shape,
-            seed=args.seed,
-            voxel_size=check_voxel_size(args.voxel_size),
-            n_artifacts=args.artifacts,
-            dtype=args.dtype,
-        )
+        if args.regime:
+            vol = regime_volume(args.regime, args.seed)
+        else:
+            vol = make_nuclei_volume(
+                args.shape,
+                seed=args.seed,
+                voxel_size=check_voxel_size(args.voxel_size),
+                n_artifacts=args.artifacts,
+                dtype=args.dtype,
+                nucleoli=args.nucleoli,
+                chromocenters=args.chromocenters,
+            )
     except ValueError as e:
         raise ConfigError("invalid option", str(e), "see `cellcut synth --help`") from None
     with outputs:

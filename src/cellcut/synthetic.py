@@ -155,6 +155,11 @@ def make_nuclei_volume(
     without them gives the same nuclei, background and noise draws.
     """
     shape, vs = _geometry(shape, voxel_size)
+    if not 0.0 <= nucleoli <= 1.0 or chromocenters < 0:
+        raise ValueError(
+            f"nucleoli must be a share in [0, 1] and chromocenters >= 0, got {nucleoli} and "
+            f"{chromocenters}"
+        )
     rng = np.random.default_rng(seed)
     extent = np.asarray(shape) * vs
     mean_r = float(np.mean(radius_um))

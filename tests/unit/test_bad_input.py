@@ -134,3 +134,31 @@ def test_console_script_prints_no_traceback_and_debug_does(tmp_path):
         text=True,
     )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_synth_writes_a_named_regime_and_substructure(capsys, tmp_path):
+    import tifffile
+
+    from cellcut.synthetic import regime_volume
+
+    out = tmp_path / "r.tif"
+    assert run_cli(capsys, "synth", str(out), "--regime", "small-nuclei", "--seed", "2")[0] == 0
+    want = regime_volume("small-nuclei", 2)
+    np.testing.assert_array_equal(tifffile.imread(out), want.image)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "r_labels.tif"), want.labels)
+    plain, sub = tmp_path / "p.tif", tmp_path / "s.tif"
+    args = ["--shape", "16", "48", "48", "--seed", "1"]
+    assert run_cli(capsys, "synth", str(plain), *args)[0] == 0
+    assert (
+        run_cli(capsys, "synth", str(sub), *args, "--nucleoli", "1", "--chromocenters", "4")[0] == 0
+    )
+    assert not np.array_equal(tifffile.imread(plain), tifffile.imread(sub))
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [(["--regime", "no-such-regime"], "unknown regime"), (["--nucleoli", "2"], "nucleoli")],
+)
+def test_synth_bad_regime_or_substructure(capsys, tmp_path, flags, fragment):
+    code, _, err = run_cli(capsys, "synth", str(tmp_path / "x.tif"), *flags)
+    assert_one_line_error(code, err, "invalid option", fragment)
