@@ -143,34 +143,16 @@ def make_nuclei_volume(
     artifact_kinds
         Artifacts to add (:data:`cellcut.artifacts.KINDS`), from their own random stream: the
         nuclei are the seed's without them. Debris and tubes avoid the nuclei (``artifacts``).
-    nucleoli
-        Share of nuclei holding a nucleolus: a dark ellipsoid (a fifth of the nucleus'
-        brightness) of 0.3-0.45 of its radius, off its centre, as in DAPI or H2B stains of
-        plant and animal nuclei; part of the nucleus in the ground truth.
-    chromocenters
-        Up to this many bright foci per nucleus (heterochromatin: 2-3x the nucleus'
-        brightness, about 0.15 of its radius), as in DAPI-stained plant nuclei.
-
-    Nucleoli and chromocenters come from their own random stream: the same seed with and
-    without them gives the same nuclei, background and noise draws.
+    nucleoli, chromocenters
+        Share of nuclei with a dark nucleolus; most bright foci per nucleus (:func:`_substructure`).
     """
-    shape, vs = _geometry(shape, voxel_size)
-    if not 0.0 <= nucleoli <= 1.0 or chromocenters < 0:
-        raise ValueError(
-            f"nucleoli must be a share in [0, 1] and chromocenters >= 0, got {nucleoli} and "
-            f"{chromocenters}"
-        )
+    shape, vs, extent = _geometry(shape, voxel_size)
     rng = np.random.default_rng(seed)
-    extent = np.asarray(shape) * vs
-    mean_r = float(np.mean(radius_um))
-    if n_nuclei is None:
-        n_nuclei = max(1, int(fill * np.prod(extent) / (4 / 3 * np.pi * mean_r**3)))
-    nuclei = _place_nuclei(rng, extent, n_nuclei, radius_um, elongation, touching, min_gap)
+    count = n_nuclei if n_nuclei is not None else _filling_count(fill, extent, radius_um)
+    nuclei = _place_nuclei(rng, extent, count, radius_um, elongation, touching, min_gap)
     labels, signal = _draw_nuclei(rng, shape, vs, nuclei, brightness)
     signal *= 1.0 + texture * _grain(rng, shape, vs) * (labels > 0)
-    if nucleoli or chromocenters:
-        sub_rng = np.random.default_rng([seed, 2])
-        _substructure(sub_rng, signal, labels, vs, nuclei, nucleoli, chromocenters)
+    _substructure(seed, signal, labels, vs, nuclei, nucleoli, chromocenters)
     artifacts = _surroundings(
         rng, signal, labels, vs, tissue * brightness[1], n_artifacts, illumination
     )
@@ -187,9 +169,28 @@ NUCLEOLUS_LEVEL = 0.2
 CHROMOCENTER_GAIN = (2.0, 3.0)
 
 
-def _substructure(rng, signal, labels, vs, nuclei, nucleoli: float, chromocenters: int) -> None:
-    """In place on ``signal``: a dark nucleolus in a share ``nucleoli`` of the nuclei and up to
-    ``chromocenters`` bright foci in each, only where the voxel belongs to a nucleus."""
+def _filling_count(fill: float, extent: np.ndarray, radius_um: tuple[float, float]) -> int:
+    """How many nuclei of the mean radius fill a share ``fill`` of the volume."""
+    mean_r = float(np.mean(radius_um))
+    return max(1, int(fill * np.prod(extent) / (4 / 3 * np.pi * mean_r**3)))
+
+
+def _substructure(seed, signal, labels, vs, nuclei, nucleoli: float, chromocenters: int) -> None:
+    """In place on ``signal``, only where a voxel belongs to a nucleus: in a share ``nucleoli``
+    of the nuclei a dark nucleolus (:data:`NUCLEOLUS_LEVEL` of the nucleus' brightness, 0.3-0.45
+    of its radius, off its centre), and in each up to ``chromocenters`` bright foci
+    (heterochromatin: :data:`CHROMOCENTER_GAIN` times the brightness, about 0.15 of its radius),
+    as DAPI and H2B stains show plant and animal nuclei. The ground truth is unchanged; the
+    draws come from their own stream (of ``seed``), so the nuclei, background and noise draws
+    are those of the volume without them."""
+    if not 0.0 <= nucleoli <= 1.0 or chromocenters < 0:
+        raise ValueError(
+            f"nucleoli must be a share in [0, 1] and chromocenters >= 0, got {nucleoli} and "
+            f"{chromocenters}"
+        )
+    if not nucleoli and not chromocenters:
+        return
+    rng = np.random.default_rng([seed, 2])
     shape = signal.shape
     inside = labels > 0
     for c, r, rot in nuclei:
@@ -221,14 +222,17 @@ def _substructure(rng, signal, labels, vs, nuclei, nucleoli: float, chromocenter
             signal[box][hit] *= factor
 
 
-def _geometry(shape: Sequence[int], voxel_size: Sequence[float]) -> tuple[tuple, np.ndarray]:
+def _geometry(
+    shape: Sequence[int], voxel_size: Sequence[float]
+) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """(shape, voxel size, extent in µm), checked."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 4:
         raise ValueError(f"shape must be three sizes >= 4, got {shape}")
     vs = np.asarray(voxel_size, dtype=float)
     if vs.shape != (3,) or (vs <= 0).any():
         raise ValueError(f"voxel_size must be three positive numbers, got {voxel_size}")
-    return shape, vs
+    return shape, vs, np.asarray(shape) * vs
 
 
 def _grain(rng, shape, vs) -> np.ndarray:
