@@ -206,20 +206,25 @@ def _substructure(seed, signal, labels, vs, nuclei, nucleoli: float, chromocente
             size = np.maximum(0.15 * r, 0.6 * vs.min())
             parts.append((c + place, size, rng.uniform(*CHROMOCENTER_GAIN)))
         for centre, axes, factor in parts:
-            lo = np.maximum(np.floor((centre - axes.max()) / vs).astype(int), 0)
-            hi = np.minimum(np.ceil((centre + axes.max()) / vs).astype(int) + 1, shape)
-            if (hi <= lo).any():
-                continue
-            grids = np.meshgrid(
-                *[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"
-            )
-            rel = np.stack(
-                [(g + 0.5) * s - cc for g, s, cc in zip(grids, vs, centre, strict=True)], -1
-            )
-            within = (((rel @ rot) / axes) ** 2).sum(-1) < 1.0
-            box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-            hit = within & inside[box]
-            signal[box][hit] *= factor
+            found = _ellipsoid(centre, axes, rot, vs, shape, pad=(0, 1))
+            if found is not None:
+                box, dist = found
+                signal[box][(dist < 1.0) & inside[box]] *= factor
+
+
+def _ellipsoid(centre, axes, rot, vs, shape, pad: tuple[int, int]):
+    """(box, normalised distance inside it) of an ellipsoid with semi-axes ``axes`` (µm) in the
+    frame ``rot``: its bounding box in voxels, widened by ``pad`` (before, after) and clipped
+    to the volume; None when that box is empty."""
+    lo = np.maximum(np.floor((centre - axes.max()) / vs).astype(int) - pad[0], 0)
+    hi = np.minimum(np.ceil((centre + axes.max()) / vs).astype(int) + pad[1], shape)
+    if (hi <= lo).any():
+        return None
+    grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+    rel = np.stack([(g + 0.5) * s - cc for g, s, cc in zip(grids, vs, centre, strict=True)], -1)
+    local = rel @ rot  # coordinates in the ellipsoid's own frame
+    dist = np.sqrt(((local / axes) ** 2).sum(-1)).astype(np.float32)
+    return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True)), dist
 
 
 def _geometry(
@@ -354,15 +359,10 @@ def _draw_nuclei(rng, shape, vs, nuclei, brightness) -> tuple[np.ndarray, np.nda
     best = np.full(shape, np.inf, dtype=np.float32)  # normalised distance of the owner
     signal = np.zeros(shape, dtype=np.float32)
     for idx, (c, r, rot) in enumerate(nuclei, start=1):
-        lo = np.maximum(np.floor((c - r.max()) / vs).astype(int) - 1, 0)
-        hi = np.minimum(np.ceil((c + r.max()) / vs).astype(int) + 2, shape)
-        if (hi <= lo).any():
+        found = _ellipsoid(c, r, rot, vs, shape, pad=(1, 2))
+        if found is None:
             continue
-        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
-        rel = np.stack([(g + 0.5) * s - cc for g, s, cc in zip(grids, vs, c, strict=True)], -1)
-        local = rel @ rot  # coordinates in the nucleus' own frame
-        dist = np.sqrt(((local / r) ** 2).sum(-1)).astype(np.float32)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        box, dist = found
         inside = (dist < 1.0) & (dist < best[box])
         if not inside.any():
             continue
@@ -396,6 +396,15 @@ def _image(rng, signal, vs, psf_sigma_um, background, gradient, photons) -> np.n
 # ------------------------------------------------------------------------------------------
 # Imaging regimes: what users bring, as generator settings
 
+_PLANT = dict(
+    shape=(100, 100, 100), voxel_size=(0.284, 0.127, 0.127), radius_um=(1.3, 1.7),
+    elongation=0.2, fill=0.2, min_gap=0.8, touching=0.7, brightness=(0.06, 0.16),
+    texture=0.3, psf_sigma_um=(0.45, 0.12, 0.12), background=0.1,
+    background_gradient=0.02, photons=16.0, read_noise=0.01, saturated=1e-4, dtype="uint8",
+)  # fmt: skip
+"""The plant-tissue confocal stacks of the generalization issue (regime
+``confocal-dense-grainy``), the base of ``confocal-nucleoli``."""
+
 REGIMES: dict[str, dict] = {
     # mesoSPIM-like: cleared tissue, sparse bright nuclei, 16-bit, z steps twice the pixel
     "lightsheet-sparse": dict(
@@ -405,22 +414,10 @@ REGIMES: dict[str, dict] = {
     # the plant-tissue confocal stacks of the generalization issue: 8-bit, dim, grainy (a
     # background of ~25 +- 20 grey levels, nuclei ~50), dense and touching, uneven brightness
     # from nucleus to nucleus, a few saturated voxels, voxel 0.284 x 0.127 x 0.127 um
-    "confocal-dense-grainy": dict(
-        shape=(100, 100, 100), voxel_size=(0.284, 0.127, 0.127), radius_um=(1.3, 1.7),
-        elongation=0.2, fill=0.2, min_gap=0.8, touching=0.7, brightness=(0.06, 0.16),
-        texture=0.3, psf_sigma_um=(0.45, 0.12, 0.12), background=0.1,
-        background_gradient=0.02, photons=16.0, read_noise=0.01, saturated=1e-4,
-        dtype="uint8",
-    ),
+    "confocal-dense-grainy": _PLANT,
     # the same plant-tissue stacks with what real nuclei hold inside: a dark nucleolus in most
     # nuclei and bright chromocenters (heterochromatin foci), as DAPI and H2B stains show them
-    "confocal-nucleoli": dict(
-        shape=(100, 100, 100), voxel_size=(0.284, 0.127, 0.127), radius_um=(1.3, 1.7),
-        elongation=0.2, fill=0.2, min_gap=0.8, touching=0.7, brightness=(0.06, 0.16),
-        texture=0.3, psf_sigma_um=(0.45, 0.12, 0.12), background=0.1,
-        background_gradient=0.02, photons=16.0, read_noise=0.01, saturated=1e-4,
-        dtype="uint8", nucleoli=0.8, chromocenters=6,
-    ),
+    "confocal-nucleoli": dict(_PLANT, nucleoli=0.8, chromocenters=6),
     # few photons: shot noise dominates, nuclei barely above the background
     "dim-low-photon": dict(
         shape=(48, 96, 96), voxel_size=(2.0, 1.0, 1.0), radius_um=(3.0, 5.0), fill=0.12,
