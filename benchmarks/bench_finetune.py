@@ -17,6 +17,9 @@ Variants (settings on top of the defaults):
   (``optimizer.anchor=0``);
 - ``norms-anchor30``: ``norms`` with a pull 10x weaker than the default's
   (``optimizer.anchor=30``: 3% of the way back per step at the default learning rate);
+- ``norms-anchor100``: ``norms`` with a pull 3x weaker than the default's, between the two;
+- ``norms-anchor30-nointensity``: ``norms-anchor30`` without the class-intensity term
+  (``loss.intensity_weight=0``), to test whether that term shrinks the fine-tuned foreground;
 - ``norms-seed1``, ``norms-anchor30-seed1``: ``norms`` and ``norms-anchor30`` with another
   sampling seed (``seed=1``: other patches and augmentations), to measure a repeat's wobble;
 - ``auto``: the defaults as they are;
@@ -71,7 +74,13 @@ VARIANTS: dict[str, dict[str, str] | None] = {
     "norms-seed1": {"optimizer.trainable": "norms", "seed": "1"},  # the default, another draw
     "norms-unanchored": {"optimizer.trainable": "norms", "optimizer.anchor": 0.0},
     "norms-anchor30": {"optimizer.trainable": "norms", "optimizer.anchor": 30.0},
+    "norms-anchor100": {"optimizer.trainable": "norms", "optimizer.anchor": 100.0},
     "norms-anchor30-seed1": {"optimizer.trainable": "norms", "optimizer.anchor": 30.0, "seed": "1"},
+    "norms-anchor30-nointensity": {
+        "optimizer.trainable": "norms",
+        "optimizer.anchor": 30.0,
+        "loss.intensity_weight": 0.0,
+    },
     "auto": {},
     "augment": {"optimizer.trainable": "all", **AUGMENT},
 }
