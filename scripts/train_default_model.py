@@ -83,6 +83,12 @@ def main() -> None:
         action="store_true",
         help="synthetic volumes with nucleoli and chromocenters (random_regime's substructure)",
     )
+    ap.add_argument(
+        "--max-fill",
+        type=float,
+        default=0.45,
+        help="with --regimes: top of the drawn fill range (random_regime's max_fill)",
+    )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument(
         "--soup", nargs="+", metavar="RUN", help="ship the average of these runs; train nothing"
@@ -110,7 +116,7 @@ def main() -> None:
     rng = np.random.default_rng(TRAINING_SEED_BASE)
     for i in range(args.regimes):
         seed = TRAINING_SEED_BASE + i
-        settings = random_regime(rng, substructure=args.substructure)
+        settings = random_regime(rng, substructure=args.substructure, max_fill=args.max_fill)
         v = make_nuclei_volume(seed=seed, **settings)
         path = synth_dir / f"synthetic_{seed}.tif"
         tifffile.imwrite(path, v.image)

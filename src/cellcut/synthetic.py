@@ -472,10 +472,16 @@ or those exact settings."""
 TRAINING_SEED_BASE = 1000
 
 
-def random_regime(rng: np.random.Generator, substructure: bool = False) -> dict:
+def random_regime(
+    rng: np.random.Generator, substructure: bool = False, max_fill: float = 0.45
+) -> dict:
     """Generator settings drawn from the ranges the regimes span, for training volumes; with
     ``substructure``, also nucleoli and chromocenters, drawn last: the other settings of this
-    draw are those the generator gives without them (its later draws then differ)."""
+    draw are those the generator gives without them (its later draws then differ).
+    ``max_fill`` is the top of the fill's range (from 0.04): a higher one gives packed volumes
+    (the packed regime asks for 0.55); every other setting of a draw stays the same."""
+    if not 0.04 < max_fill <= 0.8:
+        raise ValueError(f"max_fill must be in (0.04, 0.8], got {max_fill}")
     anisotropy = float(rng.choice([1.0, 1.5, 2.0, 2.5, 3.0]))
     pixel = float(rng.uniform(0.3, 1.5))
     radius_vox = float(rng.uniform(2.5, 14.0))  # nucleus radius in (y, x) pixels
@@ -487,7 +493,7 @@ def random_regime(rng: np.random.Generator, substructure: bool = False) -> dict:
         voxel_size=(pixel * anisotropy, pixel, pixel),
         radius_um=(0.85 * r, 1.15 * r),
         elongation=float(rng.uniform(0.1, 0.35)),
-        fill=float(rng.uniform(0.04, 0.45)),
+        fill=float(rng.uniform(0.04, max_fill)),
         min_gap=float(rng.uniform(0.75, 0.9)),
         touching=float(rng.uniform(0.1, 0.8)),
         brightness=(level * float(rng.uniform(0.33, 0.8)), level),

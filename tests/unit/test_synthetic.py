@@ -133,3 +133,20 @@ def test_random_regime_substructure_adds_to_the_same_draw():
         assert 0.0 <= sub["nucleoli"] <= 1.0 and 0 <= sub["chromocenters"] <= 8
         seen.add(sub["nucleoli"] > 0)
     assert seen == {True, False}
+
+
+def test_random_regime_max_fill_changes_only_the_fill():
+    from cellcut.synthetic import random_regime
+
+    fills = []
+    for seed in range(40):
+        plain = random_regime(np.random.default_rng(seed))
+        packed = random_regime(np.random.default_rng(seed), max_fill=0.65)
+        assert {k: v for k, v in packed.items() if k != "fill"} == {
+            k: v for k, v in plain.items() if k != "fill"
+        }
+        assert 0.04 <= plain["fill"] <= 0.45 and packed["fill"] >= plain["fill"]
+        fills.append(packed["fill"])
+    assert max(fills) > 0.45  # the wider range is drawn, not only allowed
+    with pytest.raises(ValueError, match="max_fill"):
+        random_regime(np.random.default_rng(0), max_fill=0.9)
