@@ -86,8 +86,9 @@ def main() -> None:
     ap.add_argument(
         "--max-fill",
         type=float,
-        default=0.45,
-        help="with --regimes: top of the drawn fill range (random_regime's max_fill)",
+        default=None,
+        help="with --regimes: top of the drawn fill range (random_regime's max_fill; unset: its "
+        "default)",
     )
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     ap.add_argument(
@@ -114,9 +115,10 @@ def main() -> None:
     synth_dir.mkdir(parents=True, exist_ok=True)
     synthetic = []
     rng = np.random.default_rng(TRAINING_SEED_BASE)
+    packed = {} if args.max_fill is None else {"max_fill": args.max_fill}
     for i in range(args.regimes):
         seed = TRAINING_SEED_BASE + i
-        settings = random_regime(rng, substructure=args.substructure, max_fill=args.max_fill)
+        settings = random_regime(rng, substructure=args.substructure, **packed)
         v = make_nuclei_volume(seed=seed, **settings)
         path = synth_dir / f"synthetic_{seed}.tif"
         tifffile.imwrite(path, v.image)
