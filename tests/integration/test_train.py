@@ -117,6 +117,28 @@ def test_explosion_rolls_back_and_lowers_learning_rate(tmp_path, volume_file, mo
     assert (run.run_dir / "diagnostics.txt").read_text().count("exploded") == 1
 
 
+def test_lone_gradient_spike_skips_its_batch_and_keeps_the_learning_rate(
+    tmp_path, volume_file, monkeypatch
+):
+    img, _ = volume_file
+    import cellcut.training.loop as loop
+
+    original = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def spiking(parameters, max_norm, *args, **kwargs):
+        calls["n"] += 1
+        norm = original(parameters, max_norm, *args, **kwargs)
+        return norm * 1000 if calls["n"] == 25 else norm  # the 25th batch: an outlier
+
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", spiking)
+    cfg = config(schedule={"kind": "constant", "warmup_steps": 0}, stop={"steps": 30})
+    run = train([img], tmp_path / "run", cfg)
+    assert [d.kind for d in run.diagnoses] == ["outlier_batch"]
+    assert run.diagnoses[0].step == 25 and run.step == 30 and calls["n"] == 31
+    assert [float(r["lr"]) for r in read_metrics(run.run_dir)] == pytest.approx([1e-3] * 15)
+
+
 def test_unstable_ncut_is_reported_with_suggested_sigma(tmp_path, volume_file):
     img, _ = volume_file
     # σ_I far below the noise: every voxel looks unrelated to its neighbours, nothing to learn

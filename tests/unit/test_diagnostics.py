@@ -14,8 +14,8 @@ def feed(monitor, ncuts, rec_ratio=0.2):
     return said
 
 
-def test_explosion_on_nan_and_on_gradient_spike_only():
-    m = LossMonitor(5.0, 5.0)
+def test_explosion_on_nan_and_on_gradient_spike_only_without_clipping():
+    m = LossMonitor(5.0, 5.0, clipped=False)
     assert m.check_step(1, 0.4, 0.1, 1.0, 1e-3) is None
     d = m.check_step(2, math.nan, 0.1, 1.0, 1e-3)
     assert d.kind == "exploded" and "NaN" in d.message
@@ -23,6 +23,30 @@ def test_explosion_on_nan_and_on_gradient_spike_only():
         assert m.check_step(3 + i, 0.4, 0.1 * (1 + i % 5) * 10, 1.0 + 0.1 * (i % 3), 1e-3) is None
     spike = m.check_step(40, 0.4, 0.1, 100.0, 1e-3)
     assert spike.kind == "exploded" and "gradient norm" in spike.message
+
+
+def steady(monitor, steps, first=1):
+    for i in range(steps):
+        assert monitor.check_step(first + i, 0.4, 0.1, 1.0 + 0.1 * (i % 3), 1e-3) is None
+
+
+def test_lone_gradient_spike_under_clipping_is_an_outlier_batch_repeated_ones_explode():
+    m = LossMonitor(5.0, 5.0)  # clipped, the default
+    steady(m, 30)
+    lone = m.check_step(31, 0.4, 0.1, 100.0, 1e-3)
+    assert lone.kind == "outlier_batch" and "skipped" in lone.message
+    assert "learning rate is unchanged" in lone.message
+    steady(m, 30, first=32)  # the window forgets it
+    assert m.check_step(62, 0.4, 0.1, 100.0, 1e-3).kind == "outlier_batch"
+    steady(m, 5, first=63)
+    assert m.check_step(68, 0.4, 0.1, 120.0, 1e-3).kind == "outlier_batch"
+    steady(m, 5, first=69)
+    third = m.check_step(74, 0.4, 0.1, 90.0, 1e-3)  # 3 spikes in 13 steps: diverging
+    assert third.kind == "exploded" and "3 gradient spikes" in third.message
+    # the spikes never entered the median: a spike is still judged against ~1.1
+    assert m.check_step(75, 0.4, 0.1, 100.0, 1e-3).kind == "outlier_batch"
+    # non-finite is an explosion at once, clipping or not
+    assert m.check_step(76, math.inf, 0.1, 1.0, 1e-3).kind == "exploded"
 
 
 def test_converging_curve_reports_plateau_and_nothing_else():

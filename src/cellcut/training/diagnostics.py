@@ -19,6 +19,7 @@ import numpy as np
 from cellcut.normalize import METHODS
 
 EXPLODED = "exploded"
+OUTLIER_BATCH = "outlier_batch"
 COLLAPSED = "collapsed"
 CLASSES_ADOPTED = "classes_adopted"
 CELL_SHARE_DRIFT = "cell_share_drift"
@@ -30,6 +31,18 @@ COLLAPSE_SHARE = 0.999
 """A batch whose most probable class holds this share of the probability mass is one class."""
 COLLAPSE_STEPS = 20
 """Consecutive one-class steps that make a collapse (single all-background patches are not)."""
+SPIKE_FACTOR = 50.0
+"""A gradient norm this many times the median of the last 100 good steps' is a spike."""
+SPIKES_TO_EXPLODE = 3
+SPIKE_WINDOW = 20
+"""With gradient clipping, a lone spike is an outlier batch (its step is skipped, nothing else
+changes); :data:`SPIKES_TO_EXPLODE` spikes among the last :data:`SPIKE_WINDOW` steps checked are
+an explosion. Continued training of the soup on its mixed volumes (batch 1-2, clip 1.0) met
+lone spikes of 40-70x the median (94-340 against ~5) at the same steps in runs with different
+weights and learning rates, so the batch, not the optimizer, made them; when each was taken for
+an explosion the learning rate was halved 2-7 times in 25 minutes, to 4e-8 (README,
+*Diagnostics during training*). A clipped step is bounded whatever the batch; a diverging
+optimizer spikes again and again."""
 
 
 @dataclass
@@ -116,6 +129,9 @@ class LossMonitor:
     fine_tuning
         The run starts from a trained model: its N-cut may start at its plateau, so only a
         rise (not a flat curve) says that it does not converge.
+    clipped
+        Gradients are clipped (``optimizer.grad_clip``): a lone gradient spike is then an
+        outlier batch, not an explosion (:data:`SPIKES_TO_EXPLODE`).
     window
         Number of logged points each trend is judged on.
     """
@@ -128,7 +144,10 @@ class LossMonitor:
         window: int = 10,
         normalization: str = "percentile",
         fine_tuning: bool = False,
+        clipped: bool = True,
     ) -> None:
+        self.clipped = clipped
+        self.spikes: list[bool] = []  # the last SPIKE_WINDOW steps checked: spiked or not
         self.suggested_sigma = suggested_sigma
         self.fine_tuning = fine_tuning
         self.current_sigma = current_sigma
@@ -157,13 +176,17 @@ class LossMonitor:
         lr: float,
         class_share: float | None = None,
     ) -> Diagnosis | None:
-        """An explosion: a non-finite loss or gradient, or a gradient 50x its recent median;
-        or a collapse: one class holding every voxel (``class_share``, the largest class's
-        share of the batch's probability mass) for :data:`COLLAPSE_STEPS` steps.
+        """An explosion: a non-finite loss or gradient, or a gradient spike
+        (:data:`SPIKE_FACTOR` times its recent median) without clipping or repeated
+        (:data:`SPIKES_TO_EXPLODE` in :data:`SPIKE_WINDOW` steps) with it; an outlier batch: a
+        lone spike with clipping (the caller skips its step); or a collapse: one class holding
+        every voxel (``class_share``, the largest class's share of the batch's probability
+        mass) for :data:`COLLAPSE_STEPS` steps.
 
         The gradient norm (before clipping) is the signal because the losses themselves vary
         from patch to patch with the image content; a diverging optimizer shows in the
-        gradient first. The caller rolls back to the last good state and lowers the rate.
+        gradient first. On an explosion or a collapse the caller rolls back to the last good
+        state and lowers the rate.
         """
         collapsed = self._check_collapse(step, ncut, rec, lr, class_share)
         if collapsed is not None:
@@ -171,17 +194,30 @@ class LossMonitor:
         values = {"N-cut": ncut, "reconstruction": rec, "gradient norm": grad_norm}
         bad = [name for name, v in values.items() if not math.isfinite(v)]
         recent = self.grad_norms[-100:]
-        spike = (
-            not bad and len(recent) >= 20 and grad_norm > 50.0 * float(np.median(recent)) + 1e-12
-        )
+        median = float(np.median(recent)) if recent else 0.0
+        spike = not bad and len(recent) >= 20 and grad_norm > SPIKE_FACTOR * median + 1e-12
+        self.spikes = [*self.spikes, spike][-SPIKE_WINDOW:]
         if not bad and not spike:
             self.grad_norms.append(grad_norm)
             return None
-        what = (
-            f"{', '.join(bad)} became NaN/infinite"
-            if bad
-            else f"the gradient norm jumped to {grad_norm:.3g} (50x its recent median)"
-        )
+        ratio = f"{grad_norm / max(median, 1e-12):.0f}x its recent median of {median:.3g}"
+        repeated = sum(self.spikes) >= SPIKES_TO_EXPLODE
+        if spike and self.clipped and not repeated:
+            return Diagnosis(
+                OUTLIER_BATCH,
+                step,
+                f"step {step}: skipped a batch whose gradient norm was {grad_norm:.3g} ({ratio}):"
+                " an outlier patch, not an explosion, while it stays alone (the learning rate "
+                f"is unchanged; {SPIKES_TO_EXPLODE} such batches in {SPIKE_WINDOW} steps are "
+                "taken for one)",
+            )
+        if bad:
+            what = f"{', '.join(bad)} became NaN/infinite"
+        elif self.clipped:
+            what = f"{sum(self.spikes)} gradient spikes in {len(self.spikes)} steps, now {ratio}"
+        else:
+            what = f"the gradient norm jumped to {grad_norm:.3g} ({ratio})"
+        self.spikes = []
         return Diagnosis(
             EXPLODED,
             step,

@@ -2,15 +2,16 @@
 
 The loop reads in one screen: check the limits (steps, epochs, the time budget, a plateau, a
 stop request); take one step (a batch of patches, both U-Nets, soft N-cut + reconstruction +
-class intensity, backward, clip); on an explosion roll back to the last good state and halve
-the learning rate; otherwise step the optimizer (and, with ``optimizer.anchor``, pull the
-weights back toward the starting model's); every ``log.every`` steps validate, log a row
-of ``metrics.csv`` and let the :class:`~cellcut.training.diagnostics.LossMonitor` read the
-curves (a fine-tune that keeps its model's classes also watches their share of the validation
-patches, and stops where it drifts: ``stop.cell_share_drift``); every
-``log.checkpoint_every`` steps write a checkpoint. At the end the cell classes are decided
-and the final checkpoint, ``losses.png`` and ``preview.png`` written. Setting up and resuming
-happen before the loop (:mod:`cellcut.training.session`).
+class intensity, backward, clip); skip the step of an outlier batch (a lone gradient spike);
+on an explosion roll back to the last good state and halve the learning rate; otherwise step
+the optimizer (and, with ``optimizer.anchor``, pull the weights back toward the starting
+model's); every ``log.every`` steps validate, log a row of ``metrics.csv`` and let the
+:class:`~cellcut.training.diagnostics.LossMonitor` read the curves (a fine-tune that keeps its
+model's classes also watches their share of the validation patches, and stops where it
+drifts: ``stop.cell_share_drift``); every ``log.checkpoint_every`` steps write a checkpoint.
+At the end the cell classes are decided and the final checkpoint, ``losses.png`` and
+``preview.png`` written. Setting up and resuming happen before the loop
+(:mod:`cellcut.training.session`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cellcut.model import CHECKPOINT_NAME, Checkpoint
 from cellcut.model.classes import choose_foreground_classes
 from cellcut.runtime import use_bfloat16
 from cellcut.training.data import Source
-from cellcut.training.diagnostics import PLATEAU, CellShareWatch, Diagnosis
+from cellcut.training.diagnostics import OUTLIER_BATCH, PLATEAU, CellShareWatch, Diagnosis
 from cellcut.training.run import (
     MetricsLog,
     TrainCallback,
@@ -116,9 +117,12 @@ def train(
         while not t.stop_reason():
             lr = t.scheduled_lr()
             losses, grad_norm = t.forward_backward(lr)
-            explosion = t.check_explosion(losses, grad_norm, lr)
-            if explosion is not None:
-                t.roll_back(explosion)
+            trouble = t.check_explosion(losses, grad_norm, lr)
+            if trouble is not None and trouble.kind == OUTLIER_BATCH:
+                t.skip_batch(trouble)
+                continue
+            if trouble is not None:
+                t.roll_back(trouble)
                 continue
             t.optimizer_step(losses)
             if t.run.step % cfg.log.every == 0:
@@ -269,6 +273,10 @@ class Trainer:
         return self.session.monitor.check_step(
             self.run.step + 1, ncut, rec, grad_norm, lr, self.class_share
         )
+
+    def skip_batch(self, diagnosis: Diagnosis) -> None:
+        """An outlier batch (a lone gradient spike under clipping): no step, say so."""
+        self._say(diagnosis)
 
     def roll_back(self, diagnosis: Diagnosis) -> None:
         """After an explosion or a collapse: the last good weights and optimizer, half the

@@ -261,6 +261,7 @@ def open_session(
             cfg.loss.reconstruction,
             normalization=cfg.data.normalization,
             fine_tuning=started_from is not None,
+            clipped=cfg.optimizer.grad_clip is not None,
         ),
         started_from=started_from,
     )
