@@ -39,8 +39,10 @@ Prints a table (F1 per volume and variant, and each variant's mean, worst and co
 more than 0.02 below zero-shot) and writes ``benchmarks/results/NAME.json``; every finished job
 is appended to ``benchmarks/results/NAME.jsonl`` as it ends, so a run cut short keeps them; a run
 stopped with Ctrl-C or ``kill`` still writes the JSON of the jobs that finished (``cut_short``).
-With ``--runs DIR`` every fine-tune is kept there, and a later run with the same ``DIR`` scores
-the kept models again instead of training them (after a change to the instance step, say).
+Without ``zero-shot`` among the variants, ``--zero-shot-from NAME`` takes it from an earlier
+run's JSON for the summary. With ``--runs DIR`` every fine-tune is kept there, and a later run
+with the same ``DIR`` scores the kept models again instead of training them (after a change to
+the instance step, say).
 """
 
 from __future__ import annotations
@@ -159,6 +161,17 @@ def summary(rows: list[dict], variants: list[str]) -> dict[str, dict]:
     return out
 
 
+def earlier_zero_shot(name: str, volumes: list[str]) -> list[dict]:
+    """The zero-shot rows of ``benchmarks/results/NAME.json`` for ``volumes``."""
+    path = harness.RESULTS / f"{name}.json"
+    rows = json.loads(path.read_text())["rows"]
+    found = [r for r in rows if r.get("variant") == "zero-shot" and r.get("volume") in volumes]
+    missing = sorted(set(volumes) - {r["volume"] for r in found})
+    if missing:
+        print(f"no zero-shot in {path.name} for {missing}: left out of the summary", flush=True)
+    return found
+
+
 def main() -> None:
     from cellcut.synthetic import REGIMES
 
@@ -174,6 +187,13 @@ def main() -> None:
     ap.add_argument("--out", default="finetune")
     ap.add_argument(
         "--runs", default=None, help="keep each fine-tune here; one found there is scored again"
+    )
+    ap.add_argument(
+        "--zero-shot-from",
+        metavar="NAME",
+        help="without zero-shot among --variants: compare with the zero-shot rows of an earlier "
+        "run (benchmarks/results/NAME.json; valid while the starting model and the instance "
+        "step are those it ran with)",
     )
     args = ap.parse_args()
     unknown = set(args.variants) - set(VARIANTS)
@@ -200,7 +220,8 @@ def main() -> None:
     except KeyboardInterrupt:
         cut_short = True
         print(f"cut short: {len(rows)} of {len(jobs)} jobs finished", flush=True)
-    stats = summary(rows, args.variants)
+    baseline = earlier_zero_shot(args.zero_shot_from, volumes) if args.zero_shot_from else []
+    stats = summary(rows + baseline, args.variants)
     harness.write_json(
         args.out,
         {
@@ -211,6 +232,7 @@ def main() -> None:
             "machine": harness.machine(),
             "rows": rows,
             "summary": stats,
+            "zero_shot_from": args.zero_shot_from,
         },
     )
     f1 = {(r["volume"], r["variant"]): r.get("f1") for r in rows}

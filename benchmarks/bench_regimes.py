@@ -30,7 +30,8 @@ Usage::
     .venv/bin/python benchmarks/bench_regimes.py [--minutes 5] [--sides ...] [--regimes ...] \\
         [--development 60]
 
-Prints a table, writes ``benchmarks/results/regimes.json`` and ``docs/regimes.png``.
+Prints a table, writes ``benchmarks/results/NAME.json`` (``--out NAME``, default ``regimes``)
+and, for the default name or with ``--plot PATH``, the figure (``docs/regimes.png``).
 """
 
 from __future__ import annotations
@@ -229,6 +230,12 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu", help="where cellcut trains and segments")
     ap.add_argument("--out", default="regimes", help="results name (benchmarks/results/NAME.json)")
+    ap.add_argument(
+        "--plot",
+        type=Path,
+        help="write the figure of F1 per regime here (default: docs/regimes.png for the default "
+        "--out only, so that pilot runs leave no figures in docs/)",
+    )
     ap.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument(
         "--runs",
@@ -298,8 +305,11 @@ def main() -> None:
     for kind, by_side in means(rows).items():
         print(f"mean F1, {kind}: " + ", ".join(f"{k} {v}" for k, v in by_side.items()))
     suite = {n: r for n, r in rows.items() if group(n) != "development"}
-    if suite:
-        plot(suite, Path(__file__).resolve().parents[1] / "docs" / f"{args.out}.png")
+    figure = args.plot
+    if figure is None and args.out == ap.get_default("out"):
+        figure = Path(__file__).resolve().parents[1] / "docs" / f"{args.out}.png"
+    if suite and figure is not None:
+        plot(suite, figure)
 
 
 def group(name: str) -> str:
