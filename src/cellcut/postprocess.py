@@ -590,11 +590,16 @@ irregular nuclei in pieces (embryo 16-cell, 17-19 objects: 0.97 against 0.80).""
 
 def size_spread(labels: np.ndarray) -> float:
     """Median absolute deviation of the objects' log-volumes (inf with fewer than 2 objects)."""
-    sizes = label_sizes(labels)[1:]
+    return spread_of_sizes(label_sizes(labels)[1:])
+
+
+def spread_of_sizes(sizes: np.ndarray) -> float:
+    """Median absolute deviation of the log of the positive ``sizes`` (inf with fewer than 2)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
     sizes = sizes[sizes > 0]
     if len(sizes) < 2:
         return float("inf")
-    logs = np.log(sizes.astype(np.float64))
+    logs = np.log(sizes)
     return float(np.median(np.abs(logs - np.median(logs))))
 
 

@@ -158,3 +158,21 @@ def test_grainy_regime_is_measured_grainy_and_a_clean_one_is_not():
     clean = regime_volume("large-nuclei", 0)
     assert measure(grainy.image, grainy.voxel_size).contrast_to_noise < GRAINY_CONTRAST
     assert measure(clean.image, clean.voxel_size).contrast_to_noise > GRAINY_CONTRAST
+
+
+def test_sizes_spread_widely_are_said_with_settings_from_the_image_radius():
+    # large nuclei cut into a few big parts and many fragments of every size
+    volumes = np.concatenate([np.geomspace(20.0, 4000.0, 30), np.full(5, 4 / 3 * np.pi * 9.0**3)])
+    image = Fingerprint(0.1, 9.0, 2.0, 0.0, "µm")  # the image's own radius, 9 µm
+    findings = check_segmentation(volumes, 0.1, FP, image=image)
+    spread = [f for f in findings if f.kind == "spread"]
+    assert len(spread) == 1
+    assert "--min-distance 4.5 --min-volume 382" in spread[0].message  # half of 9 µm; its sphere
+
+
+def test_alike_sizes_and_few_objects_are_not_said_spread():
+    rng = np.random.default_rng(0)
+    alike = 4 / 3 * np.pi * 3.0**3 * np.exp(rng.normal(0, 0.4, 200))  # a real image's spread
+    assert "spread" not in [f.kind for f in check_segmentation(alike, 0.2, FP)]
+    few = np.geomspace(20.0, 4000.0, 9)
+    assert "spread" not in [f.kind for f in check_segmentation(few, 0.2, FP)]

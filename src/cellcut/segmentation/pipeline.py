@@ -229,7 +229,7 @@ def _segment_volume(
             summary["denoise"] = blur
             summary["crf"] = opts.crf
             scale = replace(fingerprint, object_radius=labelling.object_radius)
-            summary["warnings"] = _self_check(rows, vol.shape, voxel_size, scale)
+            summary["warnings"] = _self_check(rows, vol.shape, voxel_size, scale, fingerprint)
         summary["warnings"] = vol.warnings + summary.get("warnings", [])
         result = _write(outputs, vol, prob, labels, rows, summary, voxel_size, block)
         result.n_cells = labelling.n_objects
@@ -458,7 +458,11 @@ def _denoise_sigma(opts: SegmentOptions, fingerprint: Fingerprint) -> float:
 
 
 def _self_check(
-    rows: Any, shape: Sequence[int], voxel_size: Sequence[float] | None, fingerprint: Fingerprint
+    rows: Any,
+    shape: Sequence[int],
+    voxel_size: Sequence[float] | None,
+    fingerprint: Fingerprint,
+    image: Fingerprint | None = None,
 ) -> list[str]:
     columns = rows.columns
     fraction = float(columns["area"].sum()) / float(np.prod(shape))
@@ -467,7 +471,7 @@ def _self_check(
     hi = np.stack([columns[f"bbox-{axis + 3}"] for axis in range(3)], axis=1)
     spans = (hi - lo) / np.asarray(shape[-3:], dtype=np.float64)
     findings = check_segmentation(
-        columns["volume_um3"], fraction, fingerprint, voxel_volume, spans=spans
+        columns["volume_um3"], fraction, fingerprint, voxel_volume, spans, image
     )
     return [f.message for f in findings]
 
