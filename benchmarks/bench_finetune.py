@@ -26,7 +26,8 @@ Variants (settings on top of the defaults):
 - ``augment``: ``all`` with strong intensity, blur and noise changes on the network's input only
   (the recipe of ``configs/general_model.yaml``).
 
-Volumes: ``REGIME/SEED`` of :data:`cellcut.synthetic.REGIMES` (scoring seeds) and
+Volumes: ``REGIME/SEED`` of :data:`cellcut.synthetic.REGIMES` (scoring seeds), ``dev/SEED``
+(``bench_regimes.py``'s development volumes, drawn from the training distribution) and
 ``embryo-8cell`` / ``embryo-16cell`` (../shared/data, or ``$CELLCUT_SHARED/data``; skipped
 where absent).
 
@@ -128,6 +129,9 @@ def job(spec: tuple[str, str, int, str, str | None]) -> dict:
 def _volume(name: str):
     import bench_regimes
 
+    if name.startswith("dev/"):
+        v = bench_regimes.development_volume(int(name[4:]))
+        return v.image, v.labels, v.voxel_size
     if "/" in name:
         regime, seed = name.rsplit("/", 1)
         _, image, truth, voxel_size = next(bench_regimes.volumes([regime], [int(seed)], False))
@@ -179,7 +183,9 @@ def main() -> None:
     ap.add_argument("--regimes", nargs="*", default=list(REGIMES), choices=list(REGIMES))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--no-embryo", action="store_true")
-    ap.add_argument("--volumes", nargs="*", default=[], help="REGIME/SEED or embryo-Ncell")
+    ap.add_argument(
+        "--volumes", nargs="*", default=[], help="REGIME/SEED, dev/SEED or embryo-Ncell"
+    )
     ap.add_argument("--variants", nargs="+", default=["zero-shot", "all", "norms"])
     ap.add_argument("--steps", type=int, default=340, help="340: what 5 minutes gave on 2 cores")
     ap.add_argument("--device", default="cpu")
