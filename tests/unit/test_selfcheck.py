@@ -176,3 +176,20 @@ def test_alike_sizes_and_few_objects_are_not_said_spread():
     assert "spread" not in [f.kind for f in check_segmentation(alike, 0.2, FP)]
     few = np.geomspace(20.0, 4000.0, 9)
     assert "spread" not in [f.kind for f in check_segmentation(few, 0.2, FP)]
+
+
+def test_segment_says_spread_where_the_model_fragments_large_textured_nuclei():
+    """End to end: a draw of the training distribution (development volume 90029 of
+    bench_regimes.py: 21 dim, textured nuclei of radius ~9 µm) that the shipped model's
+    instance step cuts into hundreds of pieces; the remedy's settings come from the image's
+    own radius, not the instance step's."""
+    from cellcut.fingerprint import measure
+    from cellcut.segmentation import segment
+    from cellcut.synthetic import make_nuclei_volume, random_regime
+
+    v = make_nuclei_volume(seed=90029, **random_regime(np.random.default_rng(90029)))
+    result = segment(v.image, None, model="default", voxel_size=v.voxel_size)
+    assert result.n_cells > 5 * v.labels.max()  # fragmented
+    [warning] = [w for w in result.warnings if "spread widely" in w]
+    image = measure(v.image, v.voxel_size)
+    assert f"--min-distance {image.seed_distance():.3g}" in warning
