@@ -38,9 +38,10 @@ SPIKE_WINDOW = 20
 """With gradient clipping, a lone spike is an outlier batch (its step is skipped, nothing else
 changes); :data:`SPIKES_TO_EXPLODE` spikes among the last :data:`SPIKE_WINDOW` steps checked are
 an explosion. Continued training of the soup on its mixed volumes (batch 1-2, clip 1.0) met
-lone spikes of 40-70x the median (94-340 against ~5) at the same steps in runs with different
-weights and learning rates, so the batch, not the optimizer, made them; when each was taken for
-an explosion the learning rate was halved 2-7 times in 25 minutes, to 4e-8 (README,
+lone spikes of 40-120x the median (94-400 against ~3-5) at the same steps in runs with
+different weights and learning rates, so the batch, not the optimizer, made them; when each was
+taken for an explosion the learning rate was halved 2-7 times in 25 minutes, to 4e-8; skipped,
+a 13-minute rerun kept its schedule and ended at the same validation N-cut (README,
 *Diagnostics during training*). A clipped step is bounded whatever the batch; a diverging
 optimizer spikes again and again."""
 
