@@ -12,6 +12,7 @@ Advice never proposes the setting already in use.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,7 +149,7 @@ class LossMonitor:
         clipped: bool = True,
     ) -> None:
         self.clipped = clipped
-        self.spikes: list[bool] = []  # the last SPIKE_WINDOW steps checked: spiked or not
+        self.spikes: deque[bool] = deque(maxlen=SPIKE_WINDOW)  # last steps checked: spiked?
         self.suggested_sigma = suggested_sigma
         self.fine_tuning = fine_tuning
         self.current_sigma = current_sigma
@@ -197,7 +198,7 @@ class LossMonitor:
         recent = self.grad_norms[-100:]
         median = float(np.median(recent)) if recent else 0.0
         spike = not bad and len(recent) >= 20 and grad_norm > SPIKE_FACTOR * median + 1e-12
-        self.spikes = [*self.spikes, spike][-SPIKE_WINDOW:]
+        self.spikes.append(spike)
         if not bad and not spike:
             self.grad_norms.append(grad_norm)
             return None
@@ -218,7 +219,7 @@ class LossMonitor:
             what = f"{sum(self.spikes)} gradient spikes in {len(self.spikes)} steps, now {ratio}"
         else:
             what = f"the gradient norm jumped to {grad_norm:.3g} ({ratio})"
-        self.spikes = []
+        self.spikes.clear()
         return Diagnosis(
             EXPLODED,
             step,

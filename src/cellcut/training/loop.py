@@ -118,11 +118,11 @@ def train(
             lr = t.scheduled_lr()
             losses, grad_norm = t.forward_backward(lr)
             trouble = t.check_explosion(losses, grad_norm, lr)
-            if trouble is not None and trouble.kind == OUTLIER_BATCH:
-                t.skip_batch(trouble)
-                continue
             if trouble is not None:
-                t.roll_back(trouble)
+                if trouble.kind == OUTLIER_BATCH:
+                    t.skip_batch(trouble)  # a lone spike: no step, nothing else changes
+                else:
+                    t.roll_back(trouble)
                 continue
             t.optimizer_step(losses)
             if t.run.step % cfg.log.every == 0:
